@@ -1,0 +1,43 @@
+# The two commands: `make serve` and `make test`. Both install what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS ?= cpu,test
+CONFIG ?= serve_config.yaml
+
+.PHONY: setup serve test lint plan docs clean-venv
+
+setup: $(STAMP)
+
+# Re-runs only when the pins (pyproject.toml) or this recipe change.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@$(PY) -c 'import tomllib; c = tomllib.load(open("pyproject.toml", "rb"))["tool"]["ray-vllm-worker"]; print(" ".join(c["uninstall-after-cpu-install"]))' \
+		| xargs $(PY) -m pip uninstall --quiet --yes 2>/dev/null || true
+	@$(PY) -c 'import tomllib; c = tomllib.load(open("pyproject.toml", "rb"))["tool"]["ray-vllm-worker"]; print(" ".join(c["install-without-deps"]))' \
+		| xargs $(PY) -m pip install --quiet --no-deps
+	@touch $@
+	@echo "setup complete: $(VENV)"
+
+serve: setup
+	$(PY) -m serve_app serve $(CONFIG)
+
+test: setup lint
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+plan: setup
+	$(PY) -m serve_app plan $(CONFIG)
+
+docs: setup
+	$(PY) -m serve_app docs --write
+
+clean-venv:
+	rm -rf $(VENV)

