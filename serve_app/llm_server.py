@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -168,8 +169,11 @@ class LLMServer:
         return conform(listing.model_dump(mode="json"), "ListModelsResponse")
 
     async def stats(self) -> dict[str, Any]:
-        """Requests the engine is working on (running or waiting in its queue)."""
-        return {"unfinished_requests": self._engine.get_num_unfinished_requests()}
+        """This replica's process and the requests its engine is working on (running or queued)."""
+        return {
+            "pid": os.getpid(),
+            "unfinished_requests": self._engine.get_num_unfinished_requests(),
+        }
 
     async def check_health(self) -> None:
         """Serve's health check: a dead engine makes the replica unhealthy, so it is replaced."""

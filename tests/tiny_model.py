@@ -17,6 +17,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
+# Long enough that a stream can be cut mid-generation long before it would end by itself.
+MAX_POSITIONS = 32768
+
 _CORPUS = [
     "The capital of France is Paris.",
     "Ray Serve scales Python applications across a cluster.",
@@ -38,7 +41,17 @@ def build_tiny_model(path: Path, *, num_heads: int = 2, num_kv_heads: int = 1) -
         return path
     path.mkdir(parents=True, exist_ok=True)
 
-    special = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+    # <tool_call> tokens let vLLM's hermes tool parser load for this tokenizer.
+    special = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|system|>",
+        "<tool_call>",
+        "</tool_call>",
+    ]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -68,7 +81,7 @@ def build_tiny_model(path: Path, *, num_heads: int = 2, num_kv_heads: int = 1) -
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         head_dim=head_dim,
-        max_position_embeddings=2048,
+        max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=True,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,

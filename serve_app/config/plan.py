@@ -8,6 +8,7 @@ application builder to the ingress and to each LLM deployment, and printed by
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -212,11 +213,25 @@ def _flags_to_env_names(message: str, schema: EnvSchema) -> str:
 
 
 def _claimed_dests(schema: EnvSchema) -> set[str]:
+    """Engine arguments the schema (or this module) sets whole; not read as passthrough."""
     claimed = {"model", "served_model_name", "lora_modules", "hf_overrides"}
     for var in schema.variables:
-        if var.target.vllm_dest:
-            claimed.add(var.target.vllm_dest.partition(".")[0])
+        if var.target.vllm_dest and "." not in var.target.vllm_dest:
+            claimed.add(var.target.vllm_dest)
     return claimed
+
+
+def _fold_dotted(options: dict[str, Any]) -> dict[str, Any]:
+    """Merge `parent.key` options into a `parent` JSON object set as a whole, if any."""
+    folded = dict(options)
+    for dest in [d for d in options if "." in d]:
+        parent, _, key = dest.partition(".")
+        whole = folded.get(parent)
+        if isinstance(whole, str) and whole.lstrip().startswith("{"):
+            whole = json.loads(whole)
+        if isinstance(whole, dict):
+            folded[parent] = {**whole, key: folded.pop(dest)}
+    return folded
 
 
 def build_model_deployment(
@@ -236,7 +251,7 @@ def build_model_deployment(
 
     options, option_problems = _vllm_options(values, schema, platform, notes)
     problems += option_problems
-    options.update(passthrough)
+    options = _fold_dotted({**options, **passthrough})
     if (
         platform == "cpu"
         and "kv_cache_memory_bytes" not in options

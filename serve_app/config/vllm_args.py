@@ -128,9 +128,13 @@ def convert_passthrough(dest: str, raw: Any) -> Any:
         raw = json.dumps(raw) if isinstance(raw, dict | list) else str(raw)
     if _is_bool_action(action):
         return parse_bool(raw)
+    # Nested configs (JSON objects) are checked whole, after keys set by other variables are
+    # merged in (e.g. GUIDED_DECODING_BACKEND into STRUCTURED_OUTPUTS_CONFIG): syntax only here.
+    nested = getattr(action.type, "__name__", "") == "parse_dataclass"
+    convert = json.loads if nested else action.type
     try:
         values = _split_list(raw) if action.nargs in ("+", "*") else [raw.strip()]
-        converted = [action.type(v) if action.type else v for v in values]
+        converted = [convert(v) if convert else v for v in values]
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         raise ValueError(_describe(action)) from exc
     if action.choices is not None:
@@ -233,8 +237,19 @@ def parse_argv(argv: list[str]) -> argparse.Namespace:
         with contextlib.redirect_stderr(stderr):
             return serve_parser().parse_args(argv)
     except SystemExit as exc:
-        message = stderr.getvalue().strip().splitlines()
-        raise ValueError(message[-1] if message else f"invalid vLLM arguments: {argv}") from exc
+        raise ValueError(_argparse_message(stderr.getvalue()) or f"invalid: {argv}") from exc
+
+
+def _argparse_message(stderr: str) -> str:
+    """The error of an argparse failure without usage text and pydantic's URLs."""
+    lines = stderr.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if ": error: " in line), None)
+    if start is None:
+        return lines[-1] if lines else ""
+    kept = [lines[start].split(": error: ", 1)[1]] + [
+        line.strip() for line in lines[start + 1 :] if "errors.pydantic.dev" not in line
+    ]
+    return " ".join(part for part in kept if part)
 
 
 def check_namespace(args: argparse.Namespace) -> list[str]:

@@ -1,0 +1,145 @@
+"""Shared fixtures: the tiny test model, and real Ray Serve apps on 127.0.0.1.
+
+Engine-backed tests run the real application (ingress + LLM deployments + vLLM on CPU) in a
+Ray cluster started by the test module, and talk to it over HTTP with real clients. Every
+process a module starts is stopped when it ends (collected by PID, not by name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.tiny_model import build_lora_adapter, build_tiny_model
+
+APP_START_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def stop_processes(procs: list[psutil.Process], timeout: float = 20.0) -> None:
+    """Terminate the given processes (if still running), then kill what remains."""
+    alive = [p for p in procs if p.is_running()]
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, remaining = psutil.wait_procs(alive, timeout=timeout)
+    for proc in remaining:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(remaining, timeout=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_model: Path) -> Path:
+    return build_lora_adapter(tiny_model, tiny_model.parent / "tiny-lora")
+
+
+@dataclass
+class ServeCluster:
+    """A Ray cluster with Serve's HTTP proxy on 127.0.0.1:port, owned by one test module."""
+
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def deploy(self, env: dict[str, str], args: dict[str, Any] | None = None, name: str = "app"):
+        """Build the application as `serve run` would (from env + args) and deploy it."""
+        from ray import serve
+
+        from serve_app.app import build_from_plan
+        from serve_app.config.plan import build_plan
+
+        plan = build_plan(env, args)
+        serve.run(build_from_plan(plan), name=name, route_prefix="/", blocking=False)
+        wait_until_running(name)
+        return DeployedApp(self, name, plan)
+
+
+@dataclass
+class DeployedApp:
+    cluster: ServeCluster
+    name: str
+    plan: Any
+
+    @property
+    def base_url(self) -> str:
+        return self.cluster.base_url
+
+    def handle(self, deployment: str = "LLM"):
+        from ray import serve
+
+        return serve.get_deployment_handle(deployment, app_name=self.name)
+
+    def openai(self, prefix: str = "/v1", **kwargs: Any):
+        from openai import OpenAI
+
+        kwargs.setdefault("api_key", "unused")
+        kwargs.setdefault("timeout", 120)
+        kwargs.setdefault("max_retries", 0)
+        return OpenAI(base_url=self.base_url + prefix, **kwargs)
+
+    def engine_requests(self, deployment: str = "LLM") -> int:
+        return self.handle(deployment).stats.remote().result()["unfinished_requests"]
+
+
+def wait_until_running(app_name: str, timeout: float = APP_START_TIMEOUT_S) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app_name)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"{app_name} failed to deploy: {status.message}")
+        time.sleep(1)
+    raise TimeoutError(f"{app_name} not running after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def serve_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
+    """A fresh Ray cluster (8 logical CPUs) with Serve on a free port; stopped afterwards."""
+    import ray
+    from ray import serve
+
+    before = {p.pid for p in descendants()}
+    port = free_port()
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=bool(os.environ.get("TEST_RAY_LOGS")),
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield ServeCluster(port)
+    finally:
+        started = [p for p in descendants() if p.pid not in before]
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        stop_processes(started)

@@ -1,0 +1,255 @@
+"""Configuration: env vars -> validated settings -> vLLM arguments and Serve options (no engine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serve_app.config import vllm_args
+from serve_app.config.env import read_env
+from serve_app.config.errors import ConfigError
+from serve_app.config.plan import CPU_KV_CACHE_BYTES, build_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plan_of(env: dict[str, str], args: dict | None = None, platform: str = "cpu"):
+    return build_plan(env, args, platform=platform)
+
+
+def problems_of(env: dict[str, str], args: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        plan_of(env, args)
+    return info.value.problems
+
+
+def test_defaults_serve_the_default_model_with_cpu_settings():
+    model = plan_of({}).models[0]
+    assert model.model_name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert model.served_model_names == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    args = model.vllm_args
+    assert args["dtype"] == "float32"
+    assert args["enforce_eager"] is True
+    assert args["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+    assert model.serve.max_ongoing_requests == 300  # MAX_CONCURRENCY default
+
+
+def test_gpu_plan_keeps_model_dtype_and_cuda_graphs():
+    args = plan_of({}, platform="gpu").models[0].vllm_args
+    assert "dtype" not in args
+    assert "enforce_eager" not in args
+    assert "kv_cache_memory_bytes" not in args
+    assert args["gpu_memory_utilization"] == 0.95  # worker-vllm's default, not vLLM's 0.92
+
+
+def test_every_bad_variable_is_reported_at_once():
+    problems = problems_of(
+        {
+            "MAX_MODEL_LEN": "abc",
+            "ENABLE_PREFIX_CACHING": "maybe",
+            "DTYPE": "fp64",
+            "MAX_CONCURRENCY": "0",
+            "LORA_MODULES": "[not json",
+            "PERFORMANCE_MODE": "fastest",  # a vLLM engine arg the schema does not list
+        }
+    )
+    assert "MAX_MODEL_LEN='abc': expected an integer" in problems
+    assert any(p.startswith("ENABLE_PREFIX_CACHING='maybe': expected a boolean") for p in problems)
+    assert any(p.startswith("DTYPE='fp64': expected one of: auto, half") for p in problems)
+    assert "MAX_CONCURRENCY='0': must be at least 1" in problems
+    assert any(p.startswith("LORA_MODULES='[not json': expected JSON") for p in problems)
+    assert any(
+        p.startswith("PERFORMANCE_MODE='fastest': expected one of: balanced") for p in problems
+    )
+    assert len(problems) == 6
+
+
+def test_cross_field_checks_name_the_env_vars():
+    assert problems_of({"ENABLE_AUTO_TOOL_CHOICE": "1"}) == [
+        "ENABLE_AUTO_TOOL_CHOICE requires TOOL_CALL_PARSER"
+    ]
+    assert problems_of({"LORA_MODULES": '[{"name": "a", "path": "/a"}]'}) == [
+        "LORA_MODULES is set but ENABLE_LORA is off: set ENABLE_LORA=1"
+    ]
+    (problem,) = problems_of({"TOOL_CALL_PARSER": "no-such-parser"})
+    assert problem.startswith("TOOL_CALL_PARSER='no-such-parser': expected one of:")
+    assert "hermes" in problem
+
+
+def test_seed_variables_map_onto_vllm_arguments():
+    env = {
+        "MAX_MODEL_LEN": "4096",
+        "ENABLE_PREFIX_CACHING": "0",
+        "GUIDED_DECODING_BACKEND": "xgrammar",
+        "TOKENIZER_NAME": "org/tokenizer",
+        "CUSTOM_CHAT_TEMPLATE": "{{ messages[0]['content'] }}",
+        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "my-model",
+        "OPENAI_RESPONSE_ROLE": "bot",
+        "DISABLE_LOG_REQUESTS": "0",
+        "MAX_LOG_LEN": "100",
+        "SPECULATIVE_MODEL": "org/draft",
+        "NUM_SPECULATIVE_TOKENS": "3",
+        "ROPE_THETA": "500000",
+    }
+    model = plan_of(env).models[0]
+    ns = vllm_args.parse_argv(model.vllm_argv)  # what the replica builds its engine from
+    assert ns.max_model_len == 4096
+    assert ns.enable_prefix_caching is False
+    assert ns.structured_outputs_config.backend == "xgrammar"
+    assert ns.tokenizer == "org/tokenizer"
+    assert ns.chat_template == "{{ messages[0]['content'] }}"
+    assert ns.served_model_name == ["my-model"]
+    assert ns.response_role == "bot"
+    assert ns.enable_log_requests is True
+    assert ns.max_log_len == 100
+    assert ns.speculative_config == {"model": "org/draft", "num_speculative_tokens": 3}
+    assert ns.hf_overrides == {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
+    assert model.served_model_names == ["my-model"]
+
+
+def test_any_other_engine_argument_is_typed_by_vllm():
+    ns = vllm_args.parse_argv(
+        plan_of(
+            {
+                "KV_CACHE_MEMORY_BYTES": "2G",
+                "ASYNC_SCHEDULING": "yes",
+                "MAX_NUM_PARTIAL_PREFILLS": "",
+            }
+        )
+        .models[0]
+        .vllm_argv
+    )
+    assert ns.kv_cache_memory_bytes == 2 * 1024**3
+    assert ns.async_scheduling is True
+    (problem,) = problems_of({"KV_CACHE_MEMORY_BYTES": "lots"})
+    assert (
+        problem
+        == "KV_CACHE_MEMORY_BYTES='lots': expected an integer (suffixes like 1k, 2M allowed)"
+    )
+
+
+def test_nested_engine_configs_merge_with_the_seed_variables_that_set_one_key():
+    env = {
+        "STRUCTURED_OUTPUTS_CONFIG": '{"disable_any_whitespace": true}',
+        "GUIDED_DECODING_BACKEND": "guidance",
+    }
+    config = vllm_args.parse_argv(plan_of(env).models[0].vllm_argv).structured_outputs_config
+    assert (config.backend, config.disable_any_whitespace) == ("guidance", True)
+    # vLLM checks the merged object, and its reason reaches the user.
+    (problem,) = problems_of({**env, "GUIDED_DECODING_BACKEND": "outlines"})
+    assert "disable_any_whitespace is only supported for xgrammar and guidance" in problem
+    assert "STRUCTURED_OUTPUTS_CONFIG" in problem
+
+
+def test_unrelated_env_vars_that_collide_with_engine_fields_are_not_read():
+    # Launchers set these for torch.distributed / logging; they must not reach the engine.
+    args = plan_of({"MASTER_PORT": "x", "LOG_LEVEL": "info", "MODEL": "other"}).models[0].vllm_args
+    assert "master_port" not in args and "log_level" not in args
+    assert args["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_removed_seed_variables_are_accepted_and_reported_as_ignored():
+    model = plan_of(
+        {"SWAP_SPACE": "8", "USE_V2_BLOCK_MANAGER": "1", "NUM_LOOKAHEAD_SLOTS": "2"}
+    ).models[0]
+    ignored = [n for n in model.notes if " ignored: " in n]
+    assert [n.split(" ")[0] for n in ignored] == [
+        "NUM_LOOKAHEAD_SLOTS",
+        "SWAP_SPACE",
+        "USE_V2_BLOCK_MANAGER",
+    ]
+    assert all(n.split(" ignored: ")[1] for n in ignored)  # each says why
+    assert "swap" not in " ".join(model.vllm_argv)
+
+
+def test_aliases_and_conflicts():
+    values = read_env({"DISABLE_LOGGING_REQUEST": "1", "TOKENIZER_NAME": "a"})
+    assert values["DISABLE_LOG_REQUESTS"] is True and values["TOKENIZER"] == "a"
+    with pytest.raises(ConfigError, match="TOKENIZER_NAME='a' and TOKENIZER='b'"):
+        read_env({"TOKENIZER_NAME": "a", "TOKENIZER": "b"})
+
+
+def test_args_override_env_and_are_checked():
+    model = plan_of({"MAX_MODEL_LEN": "1024"}, {"MAX_MODEL_LEN": 2048}).models[0]
+    assert model.vllm_args["max_model_len"] == 2048
+    problems = problems_of({}, {"MAX_MODEL_LEN": "x", "NO_SUCH_SETTING": 1, "HF_TOKEN": "hf_x"})
+    assert "args.NO_SUCH_SETTING: unknown setting (see configs/env_vars.yaml)" in problems
+    assert any(
+        p.startswith("args.HF_TOKEN: secrets are read from the environment") for p in problems
+    )
+    assert "MAX_MODEL_LEN='x': expected an integer" in problems
+
+
+def test_empty_values_count_as_unset():
+    # RunPod's UI sends empty strings for fields the user did not touch.
+    assert (
+        plan_of({"MAX_MODEL_LEN": "", "DTYPE": "", "MAX_CONCURRENCY": " "})
+        .models[0]
+        .vllm_args["dtype"]
+        == "float32"
+    )
+
+
+def test_lora_modules_default_to_the_served_model_as_base():
+    model = plan_of(
+        {
+            "ENABLE_LORA": "1",
+            "LORA_MODULES": '[{"name": "sql", "path": "/adapters/sql"}]',
+            "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "base",
+        }
+    ).models[0]
+    assert model.lora_names == ["sql"]
+    assert model.model_names == ["base", "sql"]
+    (module,) = vllm_args.parse_argv(model.vllm_argv).lora_modules
+    assert (module.name, module.path, module.base_model_name) == ("sql", "/adapters/sql", "base")
+
+
+def test_deployment_options_follow_max_concurrency():
+    options = plan_of({"MAX_CONCURRENCY": "64"}).models[0].serve.deployment_options()
+    assert options["max_ongoing_requests"] == 64
+    assert options["ray_actor_options"] == {"num_cpus": 1.0}
+
+
+def test_secrets_never_appear_in_the_plan(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_supersecret")
+    plan = build_plan(platform="cpu")
+    assert "hf_supersecret" not in json.dumps(plan.model_dump(mode="json"))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in __import__("os").environ.items() if k not in {"MODEL_NAME"}}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "serve_app", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_plan_command_prints_the_deployments_as_json():
+    result = run_cli("plan", env={"MAX_MODEL_LEN": "1024", "MAX_CONCURRENCY": "7"})
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)["applications"]["llm"]
+    (model,) = plan["models"]
+    assert model["vllm_args"]["max_model_len"] == 1024
+    assert model["serve"]["max_ongoing_requests"] == 7
+    assert model["serve"]["placement"]["ray_actor_options"] == {"num_cpus": 1.0}
+    assert "--max-model-len" in model["vllm_argv"]
+    assert plan["ingress"]["routes"] == {"HuggingFaceTB/SmolLM2-135M-Instruct": "LLM"}
+
+
+def test_plan_command_with_bad_env_exits_2_listing_every_problem():
+    result = run_cli("plan", env={"MAX_MODEL_LEN": "abc", "TENSOR_PARALLEL_SIZE": "two"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Invalid configuration (2 problems):" in result.stderr
+    assert "MAX_MODEL_LEN='abc': expected an integer" in result.stderr
+    assert "TENSOR_PARALLEL_SIZE='two': expected an integer" in result.stderr
+    assert "Traceback" not in result.stderr
