@@ -177,15 +177,22 @@ def _vllm_options(
             if isinstance(m, dict)
         ]
 
-    if platform == "cpu":
-        dtype = options.get("dtype", "auto")
-        if dtype == "auto":
-            options["dtype"] = "float32"
-            notes.append("CPU: dtype float32 (bfloat16 kernels crash on many CPUs)")
-        if not values.is_set("ENFORCE_EAGER"):
-            options["enforce_eager"] = True
-            notes.append("CPU: enforce_eager (no compilation at start-up)")
     return options, problems
+
+
+def _apply_cpu_defaults(
+    options: dict[str, Any], values: EnvValues, environ: Mapping[str, str], notes: list[str]
+) -> None:
+    """Settings that work with vLLM's CPU backend, where the user left them to defaults."""
+    if options.get("dtype", "auto") == "auto":
+        options["dtype"] = "float32"
+        notes.append("CPU: dtype float32 (bfloat16 kernels crash on many CPUs)")
+    if not values.is_set("ENFORCE_EAGER"):
+        options["enforce_eager"] = True
+        notes.append("CPU: enforce_eager (no compilation at start-up)")
+    if "kv_cache_memory_bytes" not in options and not environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        notes.append("CPU: KV cache of 1 GiB (set KV_CACHE_MEMORY_BYTES to change)")
 
 
 def _check_loras(loras: Any, values: EnvValues) -> list[str]:
@@ -252,13 +259,8 @@ def build_model_deployment(
     options, option_problems = _vllm_options(values, schema, platform, notes)
     problems += option_problems
     options = _fold_dotted({**options, **passthrough})
-    if (
-        platform == "cpu"
-        and "kv_cache_memory_bytes" not in options
-        and not environ.get("VLLM_CPU_KVCACHE_SPACE")
-    ):
-        options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-        notes.append("CPU: KV cache of 1 GiB (set KV_CACHE_MEMORY_BYTES to change)")
+    if platform == "cpu":
+        _apply_cpu_defaults(options, values, environ, notes)
 
     placement: ReplicaPlacement | None = None
     try:
@@ -268,6 +270,8 @@ def build_model_deployment(
             values["PIPELINE_PARALLEL_SIZE"],
             executor=options.get("distributed_executor_backend"),
         )
+        if placement.executor != "uni":
+            options.setdefault("distributed_executor_backend", placement.executor)
     except ValueError as exc:
         problems.append(str(exc))
 
@@ -281,9 +285,6 @@ def build_model_deployment(
     if problems:
         raise ConfigError(problems)
     assert placement is not None
-    if placement.executor != "uni" and "distributed_executor_backend" not in options:
-        options["distributed_executor_backend"] = placement.executor
-        argv = vllm_args.to_argv(options)
 
     storage = resolve_storage(values)
     env_vars = {}
