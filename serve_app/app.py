@@ -13,12 +13,18 @@ from ray.serve import Application
 
 from .config.plan import AppPlan, ModelDeployment, build_plan
 from .ingress import Ingress
+from .jobs.queue import JobQueue
 from .llm_server import LLMServer
 from .logs import get_logger
 
 logger = get_logger(__name__)
 
 LLMDeployment = serve.deployment(LLMServer)
+# One replica: it holds the state of every job, for every ingress replica. Many runsync calls
+# wait inside it at once, so its concurrency limit is high; it does no heavy work itself.
+JobQueueDeployment = serve.deployment(
+    JobQueue, num_replicas=1, max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0}
+)
 
 
 def llm_deployment(model: ModelDeployment) -> Application:
@@ -36,7 +42,8 @@ def build_from_plan(plan: AppPlan) -> Application:
         for note in model.notes:
             logger.info("%s: %s", model.deployment_name, note)
     llms = {model.deployment_name: llm_deployment(model) for model in plan.models}
-    return Ingress.bind(plan.ingress, llms)
+    jobs = JobQueueDeployment.bind(plan.jobs, llms)
+    return Ingress.options(num_replicas=plan.ingress.num_replicas).bind(plan.ingress, llms, jobs)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

@@ -1,4 +1,6 @@
-"""The ingress deployment: HTTP in, dispatch to the LLM deployment that serves the `model`.
+"""The ingress deployment: HTTP in, dispatch to the LLM deployment that serves the `model`,
+and RunPod's job API (/v2/{endpoint_id}/run, runsync, status, stream, cancel, ...) in front of
+the job queue.
 
 It parses only what routing needs (`model`), forwards the raw request body, and passes the
 LLM replica's serialized answer through untouched: a JSON body, or vLLM's SSE chunks. It
@@ -8,6 +10,8 @@ imports neither vLLM nor pydantic models of requests, so it stays light on the t
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +31,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import openai_errors
-from .config.plan import IngressOptions
+from .config.plan import IngressOptions, UnknownModelError
 from .logs import get_logger
 
 logger = get_logger(__name__)
@@ -53,6 +57,77 @@ def _json_error(status: int, message: str, **kwargs: Any) -> JSONResponse:
     )
 
 
+def _runpod_error(status: int, message: str) -> JSONResponse:
+    """RunPod's error shape for the job API."""
+    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/") or "/openai/v1/" in path
+
+
+def job_request_limits(body: Any) -> dict[str, float | None]:
+    """Validate a /run or /runsync body; its time limits in seconds (RunPod gives ms).
+
+    `policy.executionTimeout` (or top-level `executionTimeout`) bounds the run once started;
+    `policy.ttl` bounds the job's whole life, queue included.
+    """
+    if not isinstance(body, dict) or "input" not in body:
+        raise ValueError('The request body must be a JSON object with an "input" field')
+    policy = body.get("policy") or {}
+    if not isinstance(policy, dict):
+        raise ValueError("policy must be an object")
+    limits: dict[str, float | None] = {}
+    for name, key, value in (
+        ("execution_timeout_s", "executionTimeout", policy.get("executionTimeout")),
+        ("execution_timeout_s", "executionTimeout", body.get("executionTimeout")),
+        ("ttl_s", "ttl", policy.get("ttl")),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"{key} must be a positive number of milliseconds, got {value!r}")
+        limits[name] = value / 1000
+    return limits
+
+
+class ApiKeyMiddleware:
+    """With API_KEY set, every route but GET /health needs `Authorization: Bearer <key>`.
+
+    Pure ASGI (no body wrapping on the token path); compares SHA-256 digests in constant time.
+    `expected_sha256` is set by the ingress when its replica starts (one ingress per replica
+    process). It is a class attribute because Serve runs a frozen copy of the FastAPI app,
+    while this class is shared by reference.
+    """
+
+    expected_sha256: str | None = None
+
+    def __init__(self, asgi_app: Any):
+        self.app = asgi_app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        digest = ApiKeyMiddleware.expected_sha256
+        if scope["type"] != "http" or digest is None or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
+        scheme, _, key = header.partition(" ")
+        given = hashlib.sha256((key if scheme.lower() == "bearer" else header).encode()).hexdigest()
+        if hmac.compare_digest(given, digest):
+            await self.app(scope, receive, send)
+            return
+        message = "Missing or invalid API key: send `Authorization: Bearer <API_KEY>`"
+        if _is_openai_path(scope["path"]):
+            response = _json_error(401, message)
+        else:
+            response = _runpod_error(401, message)
+        await response(scope, receive, send)
+
+
+app.add_middleware(ApiKeyMiddleware)
+
+
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = str(exc.detail)
@@ -60,6 +135,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         message = f"Unknown route: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
+    if request.url.path.startswith("/v2/") and not _is_openai_path(request.url.path):
+        return _runpod_error(exc.status_code, message)
     return _json_error(exc.status_code, message)
 
 
@@ -111,32 +188,30 @@ def _deployment_states(names: set[str]) -> dict[str, dict[str, Any]]:
 class Ingress:
     """OpenAI routes (under /v1, /openai/v1 and RunPod's /v2/{endpoint_id}/openai/v1)."""
 
-    def __init__(self, options: IngressOptions, llms: dict[str, DeploymentHandle]):
+    def __init__(
+        self,
+        options: IngressOptions,
+        llms: dict[str, DeploymentHandle],
+        jobs: DeploymentHandle,
+    ):
         self._options = options
         self._llms = llms
+        self._jobs = jobs
         self._started = int(time.time())
+        self._cards: dict[str, list[dict[str, Any]]] = {}
+        ApiKeyMiddleware.expected_sha256 = options.api_key_sha256
+
+    def _unknown_endpoint(self, endpoint_id: str | None) -> str | None:
+        """Why a /v2/{endpoint_id}/... path is not this endpoint, or None."""
+        expected = self._options.endpoint_id
+        if endpoint_id is None or expected is None or endpoint_id == expected:
+            return None
+        return f"Unknown endpoint {endpoint_id!r}: this deployment serves {expected!r}"
 
     # ------------------------------------------------------------------ routing
-    def _deployment_for(self, payload: dict[str, Any]) -> tuple[str | None, JSONResponse | None]:
-        model = payload.get("model")
-        if model is None:
-            if self._options.default_deployment:
-                return self._options.default_deployment, None
-            return None, _json_error(400, "`model` is required: several models are served")
-        if not isinstance(model, str):
-            return None, _json_error(400, "`model` must be a string", param="model")
-        deployment = self._options.routes.get(model)
-        if deployment is None:
-            available = ", ".join(sorted(self._options.routes))
-            return None, _json_error(
-                404,
-                f"The model `{model}` does not exist. Available models: {available}",
-                param="model",
-                code="model_not_found",
-            )
-        return deployment, None
-
-    async def _openai(self, route: str, request: Request) -> Response:
+    async def _openai(self, route: str, request: Request, endpoint_id: str | None) -> Response:
+        if unknown := self._unknown_endpoint(endpoint_id):
+            return _json_error(404, unknown)
         body = await request.body()
         try:
             payload = json.loads(body)
@@ -144,9 +219,10 @@ class Ingress:
             return _json_error(400, f"The request body is not valid JSON: {exc}")
         if not isinstance(payload, dict):
             return _json_error(400, "The request body must be a JSON object")
-        deployment, error = self._deployment_for(payload)
-        if error is not None:
-            return error
+        try:
+            deployment = self._options.models.deployment_for(payload.get("model"))
+        except UnknownModelError as exc:
+            return JSONResponse(exc.openai_error(), status_code=exc.status)
 
         stream: DeploymentResponseGenerator = (
             self._llms[deployment].options(stream=True).openai.remote(route, body)
@@ -188,37 +264,113 @@ class Ingress:
     @app.post("/v1/chat/completions")
     @app.post("/openai/v1/chat/completions")
     @app.post("/v2/{endpoint_id}/openai/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._openai("chat", request)
+    async def chat_completions(self, request: Request, endpoint_id: str | None = None) -> Response:
+        return await self._openai("chat", request, endpoint_id)
 
     @app.post("/v1/completions")
     @app.post("/openai/v1/completions")
     @app.post("/v2/{endpoint_id}/openai/v1/completions")
-    async def completions(self, request: Request) -> Response:
-        return await self._openai("completions", request)
+    async def completions(self, request: Request, endpoint_id: str | None = None) -> Response:
+        return await self._openai("completions", request, endpoint_id)
 
     @app.get("/v1/models")
     @app.get("/openai/v1/models")
     @app.get("/v2/{endpoint_id}/openai/v1/models")
-    async def models(self) -> JSONResponse:
+    async def models(self, endpoint_id: str | None = None) -> JSONResponse:
+        if unknown := self._unknown_endpoint(endpoint_id):
+            return _json_error(404, unknown)
         return JSONResponse({"object": "list", "data": await self._model_cards()})
 
     async def _model_cards(self) -> list[dict[str, Any]]:
-        """vLLM's model cards from each deployment; from the plan if one does not answer."""
+        """vLLM's model cards from each deployment, fetched once (a busy replica would make
+        the call wait behind generations); from the plan while one does not answer."""
         cards: list[dict[str, Any]] = []
         for deployment, handle in self._llms.items():
+            if deployment in self._cards:
+                cards += self._cards[deployment]
+                continue
             try:
                 listing = await asyncio.wait_for(handle.models.remote(), MODELS_TIMEOUT_S)
+                self._cards[deployment] = listing["data"]
                 cards += listing["data"]
             except Exception as exc:
                 logger.warning("model list of %s unavailable: %s", deployment, exc)
                 cards += [
                     {"id": name, "object": "model", "created": self._started, "owned_by": "vllm"}
-                    for name, target in self._options.routes.items()
+                    for name, target in self._options.models.routes.items()
                     if target == deployment
                 ]
         return cards
 
+    # ------------------------------------------------------------------ RunPod job API
+    async def _job_call(self, endpoint_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the job queue; a JSONResponse if that cannot be done."""
+        if unknown := self._unknown_endpoint(endpoint_id):
+            return _runpod_error(404, unknown)
+        try:
+            return await getattr(self._jobs, method).remote(*args, **kwargs)
+        except (RayActorError, DeploymentUnavailableError, BackPressureError) as exc:
+            logger.warning("job queue unavailable: %s", exc)
+            return _runpod_error(503, "The job queue is unavailable; retry shortly")
+
+    async def _submit(self, endpoint_id: str, request: Request, sync: bool) -> Any:
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return _runpod_error(400, f"The request body is not valid JSON: {exc}")
+        try:
+            limits = job_request_limits(body)
+        except ValueError as exc:
+            return _runpod_error(400, str(exc))
+        return await self._job_call(endpoint_id, "submit", body["input"], sync=sync, **limits)
+
+    @app.post("/v2/{endpoint_id}/run")
+    async def run(self, endpoint_id: str, request: Request) -> Any:
+        return await self._submit(endpoint_id, request, sync=False)
+
+    @app.post("/v2/{endpoint_id}/runsync")
+    async def runsync(self, endpoint_id: str, request: Request, wait: int | None = None) -> Any:
+        """Wait up to RUNSYNC_TIMEOUT_S (or `wait` ms) for the job; then its id to poll."""
+        submitted = await self._submit(endpoint_id, request, sync=True)
+        if isinstance(submitted, Response):
+            return submitted
+        timeout_s = wait / 1000 if wait is not None else self._options.runsync_timeout_s
+        return await self._found(
+            await self._job_call(endpoint_id, "wait", submitted["id"], max(0.0, timeout_s)),
+            submitted["id"],
+        )
+
+    @app.get("/v2/{endpoint_id}/status/{job_id}")
+    @app.post("/v2/{endpoint_id}/status/{job_id}")
+    async def status(self, endpoint_id: str, job_id: str) -> Any:
+        return await self._found(await self._job_call(endpoint_id, "status", job_id), job_id)
+
+    @app.get("/v2/{endpoint_id}/stream/{job_id}")
+    @app.post("/v2/{endpoint_id}/stream/{job_id}")
+    async def stream(self, endpoint_id: str, job_id: str) -> Any:
+        return await self._found(await self._job_call(endpoint_id, "stream", job_id), job_id)
+
+    @app.post("/v2/{endpoint_id}/cancel/{job_id}")
+    async def cancel(self, endpoint_id: str, job_id: str) -> Any:
+        return await self._found(await self._job_call(endpoint_id, "cancel", job_id), job_id)
+
+    @app.post("/v2/{endpoint_id}/purge-queue")
+    async def purge_queue(self, endpoint_id: str) -> Any:
+        return await self._job_call(endpoint_id, "purge")
+
+    @app.get("/v2/{endpoint_id}/health")
+    async def runpod_health(self, endpoint_id: str) -> Any:
+        return await self._job_call(endpoint_id, "health")
+
+    async def _found(self, result: Any, job_id: str) -> Any:
+        if result is None:
+            return _runpod_error(
+                404,
+                f"Job {job_id!r} not found (finished jobs are kept for JOB_RETENTION_S seconds)",
+            )
+        return result
+
+    # ------------------------------------------------------------------ health
     @app.get("/health")
     async def health(self) -> JSONResponse:
         """200 when every LLM deployment has a running replica; 503 otherwise."""

@@ -1,214 +1,24 @@
-"""The LLM deployment: each replica owns one vLLM engine (AsyncLLM).
+"""The LLM deployment: each replica owns one vLLM engine (serve_app/engine.py).
 
-The OpenAI layer is vLLM's own: the replica builds vLLM's serving objects (chat,
-completions, models; chat templates, tool and reasoning parsers, structured outputs, LoRA)
-exactly as `vllm serve` does, from the same arguments, and calls them directly. What crosses
-the deployment handle to the ingress is already-serialized: a head `(status, is_stream)`, then
-the JSON body, or the SSE text chunks exactly as vLLM produced them.
+The deployment class is the engine class itself (no delegation on the token path), started
+by Serve's async constructor. Serve calls `check_health` periodically: a dead engine makes the
+replica unhealthy and Serve replaces it. A sidecar (engine_reaper) makes sure the engine's
+processes die with the replica, however it ends.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import time
-from collections.abc import AsyncIterator
-from typing import Any
-
-from pydantic import ValidationError
-
-from . import engine_reaper, openai_errors
-from .config import vllm_args
+from . import engine_reaper
 from .config.plan import ModelDeployment
-from .logs import get_logger
-from .model_files import resolve_model
-from .openai_conformance import conform
-
-logger = get_logger(__name__)
-
-# What `openai` yields first: (HTTP status, whether SSE chunks follow).
-Head = tuple[int, bool]
-
-ROUTES = ("chat", "completions")
-_RESPONSE_SCHEMAS = {
-    "chat": "CreateChatCompletionResponse",
-    "completions": "CreateCompletionResponse",
-}
-_ERROR_PREFIX = 'data: {"error"'
+from .engine import LLMEngine
 
 
-class LLMServer:
-    """One vLLM engine and vLLM's OpenAI serving objects for it."""
-
-    async def __init__(self, model: ModelDeployment):
-        self._model = model
-        self._engine: Any = None
-        started = time.monotonic()
+class LLMServer(LLMEngine):
+    async def __init__(self, model: ModelDeployment):  # type: ignore[misc]
+        self._engine = None
         # First, so engine processes never outlive this replica, even if it is killed.
         self._reaper = engine_reaper.start()
-        args = await asyncio.to_thread(self._resolve_args, model)
-        self._engine, state = await self._start_engine(args)
-        self._handlers = {
-            "chat": state.openai_serving_chat.create_chat_completion,
-            "completions": state.openai_serving_completion.create_completion,
-        }
-        self._models = state.openai_serving_models
-        logger.info(
-            "LLM replica ready in %.0f s: %s as %s",
-            time.monotonic() - started,
-            model.model_name,
-            ", ".join(model.model_names),
-        )
-
-    @staticmethod
-    def _resolve_args(model: ModelDeployment) -> Any:
-        """vLLM's serve Namespace, with the model (and tokenizer) as local directories."""
-        options = dict(model.vllm_args)
-        path = resolve_model(
-            model.model_name,
-            revision=options.pop("revision", None),
-            base_path=model.storage.base_path,
-            hf_cache=model.storage.hf_cache,
-        )
-        options["model"] = str(path)
-        if options.get("tokenizer"):
-            options["tokenizer"] = str(
-                resolve_model(
-                    options["tokenizer"],
-                    revision=options.pop("tokenizer_revision", None),
-                    base_path=model.storage.base_path,
-                    hf_cache=model.storage.hf_cache,
-                    tokenizer_only=True,
-                )
-            )
-        return vllm_args.parse_argv(vllm_args.to_argv(options))
-
-    @staticmethod
-    async def _start_engine(args: Any) -> tuple[Any, Any]:
-        from starlette.datastructures import State
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.usage.usage_lib import UsageContext
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        engine_args = AsyncEngineArgs.from_cli_args(args)
-        usage = UsageContext.OPENAI_API_SERVER
-        vllm_config = engine_args.create_engine_config(usage_context=usage)
-        engine = AsyncLLM.from_vllm_config(
-            vllm_config=vllm_config,
-            usage_context=usage,
-            enable_log_requests=engine_args.enable_log_requests,
-            aggregate_engine_logging=engine_args.aggregate_engine_logging,
-            disable_log_stats=engine_args.disable_log_stats,
-        )
-        try:
-            state = State()
-            await init_app_state(engine, state, args, await engine.get_supported_tasks())
-        except BaseException:
-            engine.shutdown()
-            raise
-        return engine, state
-
-    async def openai(self, route: str, body: bytes) -> AsyncIterator[Head | bytes | str]:
-        """Serve one OpenAI request. Yields the head, then the body or the SSE chunks."""
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-
-        request_type = ChatCompletionRequest if route == "chat" else CompletionRequest
-        try:
-            request = request_type.model_validate_json(body)
-        except ValidationError as exc:
-            message, param = _describe_validation_error(exc)
-            yield 400, False
-            yield openai_errors.error_body(400, message, param=param)
-            return
-        try:
-            result = await self._handlers[route](request, None)
-        except Exception as exc:  # vLLM raises for some bad requests (e.g. too long prompt)
-            status, error = self._error_from_exception(exc)
-            yield status, False
-            yield json.dumps(error).encode()
-            return
-
-        if isinstance(result, ErrorResponse):
-            status, error = openai_errors.normalize_error(result.model_dump())
-            yield status, False
-            yield json.dumps(error).encode()
-        elif hasattr(result, "model_dump"):
-            yield 200, False
-            response = conform(result.model_dump(mode="json"), _RESPONSE_SCHEMAS[route])
-            yield json.dumps(response).encode()
-        else:
-            yield 200, True
-            async for chunk in result:
-                if chunk.startswith(_ERROR_PREFIX):
-                    chunk = _conform_error_chunk(chunk)
-                yield chunk
-
-    def _error_from_exception(self, exc: Exception) -> tuple[int, dict[str, Any]]:
-        from vllm.entrypoints.serve.exception_handling.error_response import (
-            create_error_response,
-        )
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        if isinstance(exc, EngineDeadError):
-            return 503, openai_errors.error_dict(
-                503,
-                "The engine of this replica has died; Serve is replacing the replica. Retry.",
-            )
-        error = create_error_response(exc)
-        if error.error.code >= 500:
-            logger.exception("request failed: %s", exc)
-        return openai_errors.normalize_error(error.model_dump())
-
-    async def models(self) -> dict[str, Any]:
-        """vLLM's /v1/models list for this deployment (base model and LoRA adapters)."""
-        listing = await self._models.show_available_models()
-        return conform(listing.model_dump(mode="json"), "ListModelsResponse")
-
-    async def stats(self) -> dict[str, Any]:
-        """This replica's process and the requests its engine is working on (running or queued)."""
-        return {
-            "pid": os.getpid(),
-            "unfinished_requests": self._engine.get_num_unfinished_requests(),
-        }
-
-    async def check_health(self) -> None:
-        """Serve's health check: a dead engine makes the replica unhealthy, so it is replaced."""
-        await self._engine.check_health()
+        super().__init__(model, *await self.boot(model))
 
     def __del__(self) -> None:
-        engine, self._engine = getattr(self, "_engine", None), None
-        if engine is not None:
-            engine.shutdown()
-
-
-def _describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
-    """A message naming every bad field (bounded), and the first one as `param`."""
-    from vllm.entrypoints.serve.exception_handling.handlers.validation import (
-        clean_loc_for_param,
-    )
-
-    errors = exc.errors(include_url=False, include_input=False)
-    parts, param = [], None
-    for error in errors[:10]:
-        loc = clean_loc_for_param(tuple(error.get("loc", ())))
-        param = param or loc or None
-        message = str(error.get("msg", "invalid value"))
-        if "ctx" in error and isinstance(error["ctx"].get("error"), Exception):
-            message = str(error["ctx"]["error"])
-        parts.append(f"{loc}: {message}" if loc else message)
-    more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
-    return "Invalid request: " + "; ".join(parts) + more, param
-
-
-def _conform_error_chunk(chunk: str) -> str:
-    """vLLM's in-stream error event, with OpenAI's error shape (string `code`)."""
-    payload = chunk.removeprefix("data: ").strip()
-    try:
-        _, error = openai_errors.normalize_error(json.loads(payload))
-    except (ValueError, AttributeError):
-        return chunk
-    return f"data: {json.dumps(error)}\n\n"
+        self.shutdown()

@@ -242,7 +242,7 @@ def test_plan_command_prints_the_deployments_as_json():
     assert model["serve"]["max_ongoing_requests"] == 7
     assert model["serve"]["placement"]["ray_actor_options"] == {"num_cpus": 1.0}
     assert "--max-model-len" in model["vllm_argv"]
-    assert plan["ingress"]["routes"] == {"HuggingFaceTB/SmolLM2-135M-Instruct": "LLM"}
+    assert plan["ingress"]["models"]["routes"] == {"HuggingFaceTB/SmolLM2-135M-Instruct": "LLM"}
 
 
 def test_plan_command_with_bad_env_exits_2_listing_every_problem():

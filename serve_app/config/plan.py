@@ -8,6 +8,7 @@ application builder to the ingress and to each LLM deployment, and printed by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ..placement import Platform, ReplicaPlacement, plan_replica
 from . import vllm_args
@@ -60,6 +61,21 @@ class ServeOptions(BaseModel):
         }
 
 
+class StreamingBatchSizes(BaseModel):
+    """worker-vllm's growing token batches for RunPod job streaming."""
+
+    max_batch_size: int
+    min_batch_size: int
+    growth_factor: float
+
+
+class JobOutputOptions(BaseModel):
+    """How an LLM replica shapes RunPod job outputs."""
+
+    streaming: StreamingBatchSizes
+    raw_openai_output: bool
+
+
 class ModelDeployment(BaseModel):
     """One LLM deployment: a model served by autoscaled replicas, each owning one engine."""
 
@@ -73,6 +89,7 @@ class ModelDeployment(BaseModel):
     storage: Storage
     serve: ServeOptions
     env_vars: dict[str, str]
+    jobs: JobOutputOptions
     notes: list[str]
 
     @property
@@ -81,23 +98,65 @@ class ModelDeployment(BaseModel):
         return [*self.served_model_names, *self.lora_names]
 
 
-class StreamingBatchSizes(BaseModel):
-    """worker-vllm's growing token batches for RunPod job streaming."""
+class UnknownModelError(ValueError):
+    """A request named no model (with several served) or one that is not served."""
 
-    max_batch_size: int
-    min_batch_size: int
-    growth_factor: float
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+    def openai_error(self) -> dict[str, Any]:
+        """OpenAI's error body for it (404: code `model_not_found`)."""
+        from ..openai_errors import error_dict
+
+        code = "model_not_found" if self.status == 404 else None
+        return error_dict(self.status, str(self), param="model", code=code)
+
+
+class ModelRoutes(BaseModel):
+    """Which LLM deployment serves each `model` name (served names and LoRA adapters)."""
+
+    routes: dict[str, str]
+    default_deployment: str | None  # when a request names no model (a single model served)
+
+    def deployment_for(self, model: Any) -> str:
+        """The deployment for a request's `model`; UnknownModelError (400/404) otherwise."""
+        if model is None:
+            if self.default_deployment is None:
+                raise UnknownModelError("`model` is required: several models are served", 400)
+            return self.default_deployment
+        if not isinstance(model, str):
+            raise UnknownModelError("`model` must be a string", 400)
+        deployment = self.routes.get(model)
+        if deployment is None:
+            available = ", ".join(sorted(self.routes))
+            raise UnknownModelError(
+                f"The model `{model}` does not exist. Available models: {available}", 404
+            )
+        return deployment
+
+
+class JobQueueOptions(BaseModel):
+    models: ModelRoutes
+    retention_s: float
 
 
 class IngressOptions(BaseModel):
-    routes: dict[str, str]
-    default_deployment: str | None
-    raw_openai_output: bool
-    streaming: StreamingBatchSizes
+    models: ModelRoutes
+    num_replicas: int
+    runsync_timeout_s: float
+    endpoint_id: str | None
+    # SHA-256 of API_KEY: the key itself is never stored in Serve's config; not in plan output.
+    api_key_sha256: str | None = Field(default=None, exclude=True, repr=False)
+
+    @property
+    def requires_api_key(self) -> bool:
+        return self.api_key_sha256 is not None
 
 
 class AppPlan(BaseModel):
     ingress: IngressOptions
+    jobs: JobQueueOptions
     models: list[ModelDeployment]
 
 
@@ -301,6 +360,14 @@ def build_model_deployment(
         storage=storage,
         serve=ServeOptions(max_ongoing_requests=values["MAX_CONCURRENCY"], placement=placement),
         env_vars=env_vars,
+        jobs=JobOutputOptions(
+            streaming=StreamingBatchSizes(
+                max_batch_size=values["DEFAULT_BATCH_SIZE"],
+                min_batch_size=values["DEFAULT_MIN_BATCH_SIZE"],
+                growth_factor=values["DEFAULT_BATCH_SIZE_GROWTH_FACTOR"],
+            ),
+            raw_openai_output=values["RAW_OPENAI_OUTPUT"],
+        ),
         notes=notes,
     )
 
@@ -357,17 +424,20 @@ def build_plan(
         raise ConfigError(problems)
 
     common = read_env(environ, args, schema=schema)
+    model_routes = ModelRoutes(
+        routes=routes,
+        default_deployment=models[0].deployment_name if len(models) == 1 else None,
+    )
+    api_key = common["API_KEY"]
     return AppPlan(
         ingress=IngressOptions(
-            routes=routes,
-            default_deployment=models[0].deployment_name if len(models) == 1 else None,
-            raw_openai_output=common["RAW_OPENAI_OUTPUT"],
-            streaming=StreamingBatchSizes(
-                max_batch_size=common["DEFAULT_BATCH_SIZE"],
-                min_batch_size=common["DEFAULT_MIN_BATCH_SIZE"],
-                growth_factor=common["DEFAULT_BATCH_SIZE_GROWTH_FACTOR"],
-            ),
+            models=model_routes,
+            num_replicas=common["INGRESS_REPLICAS"],
+            runsync_timeout_s=common["RUNSYNC_TIMEOUT_S"],
+            endpoint_id=common["RUNPOD_ENDPOINT_ID"],
+            api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
         ),
+        jobs=JobQueueOptions(models=model_routes, retention_s=common["JOB_RETENTION_S"]),
         models=models,
     )
 

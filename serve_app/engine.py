@@ -1,0 +1,289 @@
+"""One vLLM engine (AsyncLLM) with vLLM's own OpenAI serving objects.
+
+The OpenAI layer is vLLM's own: the engine builds vLLM's serving objects (chat, completions,
+models; chat templates, tool and reasoning parsers, structured outputs, LoRA) exactly as
+`vllm serve` does, from the same arguments, and calls them directly. Answers leave already
+serialized: a head `(status, is_stream)`, then the JSON body, or the SSE text chunks exactly as
+vLLM produced them. RunPod jobs go through the same path (serve_app/jobs/translate.py).
+
+Used by the LLM deployment (serve_app/llm_server.py) and by the RunPod serverless worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import openai_errors
+from .config import vllm_args
+from .config.plan import ModelDeployment
+from .jobs import translate
+from .jobs.inputs import JobInput, parse_job_input
+from .jobs.translate import JobFailed, JobStarted, OpenAIError
+from .logs import get_logger
+from .model_files import resolve_model
+from .openai_conformance import conform
+
+logger = get_logger(__name__)
+
+# What `openai` yields first: (HTTP status, whether SSE chunks follow).
+Head = tuple[int, bool]
+
+ROUTES = ("chat", "completions")
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # not in a Serve replica (the RunPod serverless worker)
+        return "worker"
+
+
+_RESPONSE_SCHEMAS = {
+    "chat": "CreateChatCompletionResponse",
+    "completions": "CreateCompletionResponse",
+}
+_ERROR_PREFIX = 'data: {"error"'
+
+
+class LLMEngine:
+    """One vLLM engine and vLLM's OpenAI serving objects for it. Create with `start`."""
+
+    def __init__(self, model: ModelDeployment, engine: Any, state: Any):
+        self.model = model
+        self._engine = engine
+        self._handlers = {
+            "chat": state.openai_serving_chat.create_chat_completion,
+            "completions": state.openai_serving_completion.create_completion,
+        }
+        self._models = state.openai_serving_models
+
+    @classmethod
+    async def start(cls, model: ModelDeployment) -> LLMEngine:
+        return cls(model, *await cls.boot(model))
+
+    @classmethod
+    async def boot(cls, model: ModelDeployment) -> tuple[Any, Any]:
+        """Fetch the model's files and start the engine (the slow part of a replica start)."""
+        started = time.monotonic()
+        args = await asyncio.to_thread(cls._resolve_args, model)
+        engine, state = await cls._start_engine(args)
+        logger.info(
+            "engine ready in %.0f s: %s as %s",
+            time.monotonic() - started,
+            model.model_name,
+            ", ".join(model.model_names),
+        )
+        return engine, state
+
+    @staticmethod
+    def _resolve_args(model: ModelDeployment) -> Any:
+        """vLLM's serve Namespace, with the model (and tokenizer) as local directories."""
+        options = dict(model.vllm_args)
+        path = resolve_model(
+            model.model_name,
+            revision=options.pop("revision", None),
+            base_path=model.storage.base_path,
+            hf_cache=model.storage.hf_cache,
+        )
+        options["model"] = str(path)
+        if options.get("tokenizer"):
+            options["tokenizer"] = str(
+                resolve_model(
+                    options["tokenizer"],
+                    revision=options.pop("tokenizer_revision", None),
+                    base_path=model.storage.base_path,
+                    hf_cache=model.storage.hf_cache,
+                    tokenizer_only=True,
+                )
+            )
+        return vllm_args.parse_argv(vllm_args.to_argv(options))
+
+    @staticmethod
+    async def _start_engine(args: Any) -> tuple[Any, Any]:
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        usage = UsageContext.OPENAI_API_SERVER
+        vllm_config = engine_args.create_engine_config(usage_context=usage)
+        engine = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=usage,
+            enable_log_requests=engine_args.enable_log_requests,
+            aggregate_engine_logging=engine_args.aggregate_engine_logging,
+            disable_log_stats=engine_args.disable_log_stats,
+        )
+        try:
+            state = State()
+            await init_app_state(engine, state, args, await engine.get_supported_tasks())
+        except BaseException:
+            engine.shutdown()
+            raise
+        return engine, state
+
+    async def openai(self, route: str, body: bytes) -> AsyncIterator[Head | bytes | str]:
+        """Serve one OpenAI request. Yields the head, then the body or the SSE chunks."""
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        request_type = ChatCompletionRequest if route == "chat" else CompletionRequest
+        try:
+            request = request_type.model_validate_json(body)
+        except ValidationError as exc:
+            message, param = _describe_validation_error(exc)
+            yield 400, False
+            yield openai_errors.error_body(400, message, param=param)
+            return
+        try:
+            result = await self._handlers[route](request, None)
+        except Exception as exc:  # vLLM raises for some bad requests (e.g. too long prompt)
+            status, error = self._error_from_exception(exc)
+            yield status, False
+            yield json.dumps(error).encode()
+            return
+
+        if isinstance(result, ErrorResponse):
+            status, error = openai_errors.normalize_error(result.model_dump())
+            yield status, False
+            yield json.dumps(error).encode()
+        elif hasattr(result, "model_dump"):
+            yield 200, False
+            response = conform(result.model_dump(mode="json"), _RESPONSE_SCHEMAS[route])
+            yield json.dumps(response).encode()
+        else:
+            yield 200, True
+            async for chunk in result:
+                if chunk.startswith(_ERROR_PREFIX):
+                    chunk = _conform_error_chunk(chunk)
+                yield chunk
+
+    def _error_from_exception(self, exc: Exception) -> tuple[int, dict[str, Any]]:
+        from vllm.entrypoints.serve.exception_handling.error_response import (
+            create_error_response,
+        )
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if isinstance(exc, EngineDeadError):
+            return 503, openai_errors.error_dict(
+                503,
+                "The engine of this replica has died; Serve is replacing the replica. Retry.",
+            )
+        error = create_error_response(exc)
+        if error.error.code >= 500:
+            logger.exception("request failed: %s", exc)
+        return openai_errors.normalize_error(error.model_dump())
+
+    async def job(self, job_input: dict[str, Any]) -> AsyncIterator[Any]:
+        """A RunPod job: JobStarted, then worker-vllm's output items; JobFailed if it fails."""
+        try:
+            job = parse_job_input(job_input)
+        except ValueError as exc:
+            yield JobFailed(str(exc))
+            return
+        yield JobStarted(replica=_replica_id())
+        items = self._openai_job(job) if job.openai_route else self._standard_job(job)
+        try:
+            async for item in items:
+                yield item
+        except OpenAIError as exc:
+            yield JobFailed(str(exc), {"error": exc.error})
+
+    async def _request(self, route: str, body: dict[str, Any]) -> tuple[Any, AsyncIterator[str]]:
+        """Run an OpenAI request: (the response, None), or (None, its SSE chunks)."""
+        stream = self.openai(route, json.dumps(body).encode())
+        status, is_stream = await anext(stream)
+        if is_stream:
+            return None, stream
+        response = json.loads(await anext(stream))
+        if status != 200:
+            raise OpenAIError(response["error"])
+        return response, None
+
+    async def _standard_job(self, job: JobInput) -> AsyncIterator[Any]:
+        route, body = translate.openai_request(job, self.model.served_model_names[0])
+        response, stream = await self._request(route, body)
+        if stream is None:
+            yield translate.completed_item(response, route)
+            return
+        sizes = translate.batch_sizes(job, self.model.jobs.streaming)
+        n = job.sampling_params.n or 1
+        async for item in translate.stream_items(stream, route, sizes, n):
+            yield item
+
+    async def _openai_job(self, job: JobInput) -> AsyncIterator[Any]:
+        if job.openai_route == "/v1/models":
+            yield await self.models()
+            return
+        route = "chat" if job.openai_route == "/v1/chat/completions" else "completions"
+        body = {"model": self.model.served_model_names[0], **(job.openai_input or {})}
+        response, stream = await self._request(route, body)
+        if stream is None:
+            yield response
+            return
+        sizes = translate.batch_sizes(job, self.model.jobs.streaming)
+        raw = self.model.jobs.raw_openai_output
+        async for batch in translate.openai_stream_items(stream, sizes, raw=raw):
+            yield batch
+
+    async def models(self) -> dict[str, Any]:
+        """vLLM's /v1/models list for this deployment (base model and LoRA adapters)."""
+        listing = await self._models.show_available_models()
+        return conform(listing.model_dump(mode="json"), "ListModelsResponse")
+
+    async def stats(self) -> dict[str, Any]:
+        """This replica's process and the requests its engine is working on (running or queued)."""
+        return {
+            "pid": os.getpid(),
+            "unfinished_requests": self._engine.get_num_unfinished_requests(),
+        }
+
+    async def check_health(self) -> None:
+        """Raises if the engine is dead."""
+        await self._engine.check_health()
+
+    def shutdown(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+
+
+def _describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
+    """A message naming every bad field (bounded), and the first one as `param`."""
+    from vllm.entrypoints.serve.exception_handling.handlers.validation import (
+        clean_loc_for_param,
+    )
+
+    errors = exc.errors(include_url=False, include_input=False)
+    parts, param = [], None
+    for error in errors[:10]:
+        loc = clean_loc_for_param(tuple(error.get("loc", ())))
+        param = param or loc or None
+        message = str(error.get("msg", "invalid value"))
+        if "ctx" in error and isinstance(error["ctx"].get("error"), Exception):
+            message = str(error["ctx"]["error"])
+        parts.append(f"{loc}: {message}" if loc else message)
+    more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+    return "Invalid request: " + "; ".join(parts) + more, param
+
+
+def _conform_error_chunk(chunk: str) -> str:
+    """vLLM's in-stream error event, with OpenAI's error shape (string `code`)."""
+    payload = chunk.removeprefix("data: ").strip()
+    try:
+        _, error = openai_errors.normalize_error(json.loads(payload))
+    except (ValueError, AttributeError):
+        return chunk
+    return f"data: {json.dumps(error)}\n\n"

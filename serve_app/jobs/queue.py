@@ -1,0 +1,261 @@
+"""The job queue: RunPod's job lifecycle, shared by every ingress replica.
+
+A single-replica Serve deployment holds every job's state, so /status, /stream and /cancel
+answer the same from any ingress replica. Each job runs as a task that streams the job from an
+LLM deployment through a DeploymentHandle; Serve's own routing and queueing place it, so an LLM
+replica runs at most MAX_CONCURRENCY (its max_ongoing_requests) at once and the rest wait,
+reported IN_QUEUE until a replica starts them. The queue's waiting requests are what Serve's
+autoscaler sees.
+
+A job always ends: COMPLETED, FAILED (with the reason, also when its replica or engine dies),
+CANCELLED or TIMED_OUT. Finished jobs are dropped after JOB_RETENTION_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from ..config.plan import JobQueueOptions, UnknownModelError
+from ..logs import get_logger
+from .inputs import parse_job_input
+from .translate import JobFailed, JobStarted
+
+logger = get_logger(__name__)
+
+IN_QUEUE, IN_PROGRESS = "IN_QUEUE", "IN_PROGRESS"
+COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
+FINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+SWEEP_INTERVAL_S = 10.0
+
+
+@dataclass
+class Job:
+    id: str
+    input: Any
+    execution_timeout_s: float | None = None
+    ttl_s: float | None = None
+    status: str = IN_QUEUE
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+    replica: str | None = None
+    outputs: list[Any] = field(default_factory=list)
+    unread: list[Any] = field(default_factory=list)
+    error: str | None = None
+    failure_output: Any = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+    def start(self, replica: str) -> None:
+        self.status, self.started, self.replica = IN_PROGRESS, time.monotonic(), replica
+
+    def finish(self, status: str, error: str | None = None, output: Any = None) -> None:
+        if self.status in FINAL:
+            return
+        self.status, self.finished, self.error = status, time.monotonic(), error
+        self.failure_output = output
+        self.done.set()
+
+    def view(self) -> dict[str, Any]:
+        """RunPod's status object."""
+        now = time.monotonic()
+        started = self.started or (self.finished if self.status in FINAL else None)
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "delayTime": round(((started or now) - self.created) * 1000),
+            "executionTime": round(((self.finished or now) - self.started) * 1000)
+            if self.started
+            else 0,
+        }
+        if self.status == COMPLETED:
+            body["output"] = self.outputs
+        elif self.status in FINAL:
+            body["error"] = self.error
+            if self.failure_output is not None:
+                body["output"] = self.failure_output
+        return body
+
+
+class JobQueue:
+    def __init__(self, options: JobQueueOptions, llms: dict[str, DeploymentHandle]):
+        self._options = options
+        self._llms = llms
+        self._jobs: dict[str, Job] = {}
+        self._sweeper: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ API
+    async def submit(
+        self,
+        job_input: Any,
+        *,
+        sync: bool = False,
+        execution_timeout_s: float | None = None,
+        ttl_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Accept a job and start it in the background. Bad input fails it at once."""
+        self._ensure_sweeper()
+        job_id = f"{'sync-' if sync else ''}{uuid.uuid4()}"
+        job = self._jobs[job_id] = Job(job_id, job_input, execution_timeout_s, ttl_s)
+        try:
+            parsed = parse_job_input(job_input)
+            deployment = self._options.models.deployment_for(parsed.model_name)
+        except UnknownModelError as exc:
+            # as the OpenAI routes answer it; an OpenAI-wrapped job also gets the error body
+            job.finish(FAILED, str(exc), exc.openai_error() if parsed.openai_route else None)
+        except ValueError as exc:
+            job.finish(FAILED, f"Invalid job input: {exc}")
+        if job.status == FAILED:
+            logger.info("job %s failed: %s", job_id, job.error)
+            return {"id": job_id, "status": job.status}
+        job.task = asyncio.create_task(self._run(job, deployment), name=f"job-{job_id}")
+        return {"id": job_id, "status": job.status}
+
+    async def status(self, job_id: str) -> dict[str, Any] | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else job.view()
+
+    async def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
+        """The job's status once it is final, or when `timeout_s` has passed."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(job.done.wait(), timeout_s)
+        return job.view()
+
+    async def stream(self, job_id: str) -> dict[str, Any] | None:
+        """The outputs produced since the previous call (each exactly once, in order)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        chunks, job.unread = job.unread, []
+        body = {"id": job.id, "status": job.status, "stream": [{"output": c} for c in chunks]}
+        if job.status in FINAL and job.status != COMPLETED:
+            body["error"] = job.error
+        return body
+
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job.status not in FINAL:
+            job.finish(CANCELLED, "Cancelled by request")
+            if job.task is not None:
+                job.task.cancel()
+        return {"id": job.id, "status": job.status}
+
+    async def purge(self) -> dict[str, Any]:
+        """Cancel every job still waiting in the queue; running jobs go on."""
+        queued = [j for j in self._jobs.values() if j.status == IN_QUEUE]
+        for job in queued:
+            await self.cancel(job.id)
+        return {"removed": len(queued), "status": "completed"}
+
+    async def health(self) -> dict[str, Any]:
+        """RunPod's health object: job counts by state, and LLM replicas (workers)."""
+        counts = dict.fromkeys((COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, CANCELLED, TIMED_OUT), 0)
+        for job in self._jobs.values():
+            counts[job.status] += 1
+        replicas = await asyncio.to_thread(_replica_counts, set(self._llms))
+        busy = len({j.replica for j in self._jobs.values() if j.status == IN_PROGRESS})
+        running = min(busy, replicas["ready"])
+        return {
+            "jobs": {
+                "completed": counts[COMPLETED],
+                "failed": counts[FAILED] + counts[TIMED_OUT],
+                "inProgress": counts[IN_PROGRESS],
+                "inQueue": counts[IN_QUEUE],
+                "retried": 0,
+            },
+            "workers": {
+                "idle": replicas["ready"] - running,
+                "initializing": replicas["initializing"],
+                "ready": replicas["ready"],
+                "running": running,
+                "throttled": 0,
+                "unhealthy": replicas["unhealthy"],
+            },
+        }
+
+    # ------------------------------------------------------------------ running jobs
+    async def _run(self, job: Job, deployment: str) -> None:
+        call = self._llms[deployment].options(stream=True).job.remote(job.input)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + job.ttl_s if job.ttl_s else None
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                async for item in call:
+                    if isinstance(item, JobStarted):
+                        job.start(item.replica)
+                        if job.execution_timeout_s:
+                            end = loop.time() + job.execution_timeout_s
+                            scope.reschedule(min(end, deadline) if deadline else end)
+                    elif isinstance(item, JobFailed):
+                        job.finish(FAILED, item.error, item.output)
+                    else:
+                        job.outputs.append(item)
+                        job.unread.append(item)
+            job.finish(COMPLETED)
+        except TimeoutError:
+            call.cancel()
+            limit = "executionTimeout" if job.status == IN_PROGRESS else "ttl"
+            job.finish(TIMED_OUT, f"Job exceeded its {limit}")
+        except asyncio.CancelledError:
+            call.cancel()
+            job.finish(CANCELLED, "Cancelled by request")
+        except RayActorError as exc:
+            job.finish(FAILED, f"The LLM replica running this job died: {_first_line(exc)}")
+        except DeploymentUnavailableError:
+            job.finish(FAILED, f"No healthy engine for {deployment}: the deployment failed")
+        except Exception as exc:
+            logger.exception("job %s failed", job.id)
+            job.finish(FAILED, f"{type(exc).__name__}: {_first_line(exc)}")
+        if job.status != COMPLETED:
+            logger.info("job %s ended %s: %s", job.id, job.status, job.error)
+
+    # ------------------------------------------------------------------ retention
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            cutoff = time.monotonic() - self._options.retention_s
+            expired = [
+                j.id for j in self._jobs.values() if j.finished is not None and j.finished < cutoff
+            ]
+            for job_id in expired:
+                del self._jobs[job_id]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _replica_counts(names: set[str]) -> dict[str, int]:
+    """Ready, starting and unhealthy replicas of the named deployments of this application."""
+    counts = {"ready": 0, "initializing": 0, "unhealthy": 0}
+    try:
+        app = serve.status().applications.get(serve.get_replica_context().app_name)
+    except Exception:
+        return counts
+    for name, deployment in (app.deployments if app else {}).items():
+        if name in names:
+            states = deployment.replica_states
+            counts["ready"] += states.get("RUNNING", 0)
+            counts["initializing"] += states.get("STARTING", 0) + states.get("PENDING_MIGRATION", 0)
+            counts["unhealthy"] += states.get("UNHEALTHY", 0)
+    return counts

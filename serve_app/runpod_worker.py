@@ -1,0 +1,83 @@
+"""The same image as a classic RunPod serverless worker: one engine in this process, no Ray.
+
+    python -m serve_app.runpod_worker                      # on RunPod serverless
+    python -m serve_app.runpod_worker --rp_serve_api \\
+        --rp_api_host 127.0.0.1 --rp_api_port 8000         # runpod's local test API
+
+Jobs take the same path as in the Ray Serve application (serve_app/engine.py `job`):
+worker-vllm's inputs and outputs, streamed with `return_aggregate_stream`, and at most
+MAX_CONCURRENCY jobs at once (runpod's `concurrency_modifier`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import engine_reaper
+from .config.errors import ConfigError
+from .config.plan import ModelDeployment, build_plan
+from .engine import LLMEngine
+from .jobs.translate import JobFailed, JobStarted
+from .logs import get_logger
+
+logger = get_logger(__name__)
+
+
+class Worker:
+    """runpod's handler and concurrency modifier around one engine, started on first use."""
+
+    def __init__(self, model: ModelDeployment):
+        self.model = model
+        self._engine: LLMEngine | None = None
+        self._starting: asyncio.Lock | None = None
+
+    async def engine(self) -> LLMEngine:
+        if self._engine is None:
+            self._starting = self._starting or asyncio.Lock()
+            async with self._starting:
+                if self._engine is None:
+                    self._engine = await LLMEngine.start(self.model)
+        return self._engine
+
+    async def handler(self, job: dict[str, Any]) -> AsyncIterator[Any]:
+        engine = await self.engine()
+        async for item in engine.job(job.get("input")):
+            if isinstance(item, JobFailed):
+                # runpod turns an output's "error" into a FAILED job with that message
+                yield {"error": item.error}
+                return
+            if not isinstance(item, JobStarted):
+                yield item
+
+    def concurrency(self, current: int) -> int:
+        return self.model.serve.max_ongoing_requests
+
+
+def main() -> None:
+    try:
+        plan = build_plan(os.environ)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        sys.exit(2)
+    if len(plan.models) != 1:
+        print("The serverless worker serves one model (MODEL_NAME)", file=sys.stderr)
+        sys.exit(2)
+    import runpod
+
+    engine_reaper.start()  # the engine's processes must not outlive this worker
+    worker = Worker(plan.models[0])
+    runpod.serverless.start(
+        {
+            "handler": worker.handler,
+            "concurrency_modifier": worker.concurrency,
+            "return_aggregate_stream": True,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

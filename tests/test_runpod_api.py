@@ -1,0 +1,314 @@
+"""RunPod's job API end to end: the real app and engine on CPU, the `runpod` SDK as the client.
+
+The app runs two ingress replicas (job state must be shared), MAX_CONCURRENCY=2 (so jobs
+queue), an API key, and a fixed endpoint id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import runpod
+from ray import serve
+
+from tests.contracts import validate
+
+pytestmark = pytest.mark.e2e
+
+API_KEY = "test-key-123"
+ENDPOINT = "test-endpoint"
+GREEDY = {"temperature": 0, "ignore_eos": True}
+LONG = {"max_tokens": 30000, **GREEDY}  # minutes of generation: only ends by cancel/timeout
+
+
+@pytest.fixture(scope="module")
+def app(serve_cluster, tiny_model: Path, tmp_path_factory):
+    env = {
+        "MODEL_NAME": str(tiny_model),
+        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
+        "MAX_CONCURRENCY": "2",
+        "INGRESS_REPLICAS": "2",
+        "API_KEY": API_KEY,
+        "RUNPOD_ENDPOINT_ID": ENDPOINT,
+        "BASE_PATH": str(tmp_path_factory.mktemp("base")),
+        "DISABLE_LOG_STATS": "1",
+    }
+    return serve_cluster.deploy(env)
+
+
+@pytest.fixture
+def endpoint(app) -> runpod.Endpoint:
+    runpod.endpoint_url_base = app.base_url + "/v2"  # what RUNPOD_ENDPOINT_BASE_URL sets
+    return runpod.Endpoint(ENDPOINT, api_key=API_KEY)
+
+
+def api(app, method: str, path: str, key: str | None = API_KEY, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.request(
+        method, f"{app.base_url}/v2/{ENDPOINT}/{path}", headers=headers, timeout=120, **kwargs
+    )
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def tokens_per_item(items: list[dict]) -> list[int]:
+    return [sum(len(choice["tokens"]) for choice in item["choices"]) for item in items]
+
+
+def text_of(items: list[dict], choice: int = 0) -> str:
+    return "".join("".join(item["choices"][choice]["tokens"]) for item in items)
+
+
+# ---------------------------------------------------------------- standard jobs
+def test_run_sync_with_a_prompt_returns_worker_vllm_output(endpoint):
+    output = endpoint.run_sync(
+        {"prompt": "Hello world", "sampling_params": {"max_tokens": 7, **GREEDY}}, timeout=120
+    )
+    (item,) = output
+    (choice,) = item["choices"]
+    assert len(choice["tokens"]) == 1 and isinstance(choice["tokens"][0], str)
+    assert item["usage"]["output"] == 7
+    assert item["usage"]["input"] > 0
+
+
+def test_run_sync_with_messages_applies_the_chat_template(endpoint, tiny_model):
+    from transformers import AutoTokenizer
+
+    messages = [{"role": "user", "content": "Hello world"}]
+    expected = len(
+        AutoTokenizer.from_pretrained(tiny_model).apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+    )
+    (item,) = endpoint.run_sync(
+        {"messages": messages, "sampling_params": {"max_tokens": 4, **GREEDY}}, timeout=120
+    )
+    assert item["usage"] == {"input": expected, "output": 4}
+    (same,) = endpoint.run_sync(
+        {
+            "prompt": "Hello world",
+            "apply_chat_template": True,
+            "sampling_params": {"max_tokens": 4, **GREEDY},
+        },
+        timeout=120,
+    )
+    assert same == item
+
+
+def test_run_then_status_then_output(endpoint, app):
+    job = endpoint.run({"prompt": "Ray", "sampling_params": {"max_tokens": 5, **GREEDY}})
+    output = job.output(timeout=120)
+    assert job.status() == "COMPLETED"
+    assert output[0]["usage"]["output"] == 5
+    status = api(app, "GET", f"status/{job.job_id}").json()
+    assert status["id"] == job.job_id and status["output"] == output
+    assert isinstance(status["delayTime"], int) and isinstance(status["executionTime"], int)
+
+
+def test_stream_yields_each_batch_once_growing_as_configured(endpoint):
+    sampling = {"max_tokens": 100, **GREEDY}
+    job = endpoint.run({"prompt": "Hello", "stream": True, "sampling_params": sampling})
+    streamed = list(job.stream())
+    assert tokens_per_item(streamed) == [1, 3, 9, 27, 50, 10]
+    assert streamed[-1]["usage"]["output"] == 100
+    (whole,) = endpoint.run_sync({"prompt": "Hello", "sampling_params": sampling}, timeout=120)
+    assert text_of(streamed) == whole["choices"][0]["tokens"][0]
+
+    job = endpoint.run(
+        {
+            "prompt": "Hello",
+            "stream": True,
+            "min_batch_size": 2,
+            "batch_size_growth_factor": 2,
+            "max_batch_size": 8,
+            "sampling_params": {"max_tokens": 30, **GREEDY},
+        }
+    )
+    assert tokens_per_item(list(job.stream())) == [2, 4, 8, 8, 8]
+
+
+def test_n_choices_stream_side_by_side(endpoint):
+    job = endpoint.run(
+        {
+            "prompt": "Hello",
+            "stream": True,
+            "sampling_params": {"max_tokens": 6, "n": 2, "temperature": 1.0, "seed": 3},
+        }
+    )
+    items = list(job.stream())
+    assert all(len(item["choices"]) == 2 for item in items)
+    assert sum(tokens_per_item(items)) == 12
+
+
+# ---------------------------------------------------------------- OpenAI-wrapped jobs
+def test_openai_wrapped_jobs(endpoint):
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **GREEDY}
+    (response,) = endpoint.run_sync(
+        {"openai_route": "/v1/chat/completions", "openai_input": chat}, timeout=120
+    )
+    validate("CreateChatCompletionResponse", response)
+    assert response["usage"]["completion_tokens"] == 4
+
+    raw = endpoint.run_sync(
+        {"openai_route": "/v1/chat/completions", "openai_input": {**chat, "stream": True}},
+        timeout=120,
+    )
+    assert all(isinstance(batch, str) for batch in raw)  # RAW_OPENAI_OUTPUT=1: SSE text
+    events = "".join(raw).split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    for event in events[:-2]:
+        validate("CreateChatCompletionStreamResponse", json.loads(event.removeprefix("data: ")))
+    # role + 4 tokens + [DONE] = 6 events, in worker-vllm's growing batches: 1, 3, then 2
+    assert [batch.count("data: ") for batch in raw] == [1, 3, 2]
+
+    (models,) = endpoint.run_sync({"openai_route": "/v1/models"}, timeout=60)
+    assert [m["id"] for m in models["data"]] == ["tiny"]
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("job_input", "message"),
+    [
+        ({"prompt": 42}, "input.prompt: Input should be a valid string"),
+        ({"prompt": "x", "sampling_params": {"temprature": 0.5}}, "unknown sampling parameter"),
+        ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, "not both"),
+        ({"apply_chat_template": True}, "give prompt or messages"),
+        ({"prompt": "x", "sampling_params": {"top_p": 2}}, "top_p"),
+        ({"prompt": "x", "model": "gpt-4"}, "The model `gpt-4` does not exist"),
+    ],
+)
+def test_bad_job_inputs_end_failed_with_a_clear_error(app, job_input, message):
+    result = api(app, "POST", "runsync", json={"input": job_input}).json()
+    assert result["status"] == "FAILED"
+    assert message in result["error"]
+
+
+def test_bad_openai_wrapped_input_fails_with_openai_error(app):
+    result = api(
+        app,
+        "POST",
+        "runsync",
+        json={
+            "input": {
+                "openai_route": "/v1/chat/completions",
+                "openai_input": {"model": "gpt-4", "messages": []},
+            }
+        },
+    ).json()
+    assert result["status"] == "FAILED"
+    validate("ErrorResponse", result["output"])
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b'{"prompt": "x"}', b'{"input": {}, "policy": {"ttl": -5}}']
+)
+def test_malformed_requests_are_400_in_runpod_shape(app, body):
+    response = api(app, "POST", "run", data=body)
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"}
+
+
+def test_unknown_job_and_unknown_endpoint_are_404(app):
+    assert api(app, "GET", "status/no-such-job").status_code == 404
+    response = requests.post(
+        f"{app.base_url}/v2/other-endpoint/run",
+        json={"input": {"prompt": "x"}},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    assert response.status_code == 404 and "other-endpoint" in response.json()["error"]
+
+
+# ---------------------------------------------------------------- lifecycle
+def test_cancel_mid_generation_stops_the_engine(endpoint, app):
+    job = endpoint.run({"prompt": "Hello", "stream": True, "sampling_params": LONG})
+    wait_for(lambda: job.status() == "IN_PROGRESS")
+    wait_for(lambda: app.engine_requests() == 1)
+    assert job.cancel()["status"] == "CANCELLED"
+    wait_for(lambda: app.engine_requests() == 0, timeout=10)
+    assert api(app, "GET", f"status/{job.job_id}").json()["status"] == "CANCELLED"
+
+
+def test_execution_timeout_ends_the_job_timed_out(app):
+    submitted = api(
+        app,
+        "POST",
+        "run",
+        json={
+            "input": {"prompt": "Hello", "sampling_params": LONG},
+            "policy": {"executionTimeout": 1500},
+        },
+    ).json()
+    status = wait_for(
+        lambda: (
+            (s := api(app, "GET", f"status/{submitted['id']}").json())["status"]
+            in ("COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED")
+            and s
+        ),
+        timeout=30,
+    )
+    assert status["status"] == "TIMED_OUT"
+    assert "executionTimeout" in status["error"]
+    wait_for(lambda: app.engine_requests() == 0, timeout=10)
+
+
+def test_max_concurrency_queues_jobs_and_purge_drops_only_queued_ones(endpoint, app):
+    jobs = [endpoint.run({"prompt": f"Hello {i}", "sampling_params": LONG}) for i in range(4)]
+
+    def states():
+        return sorted(job.status() for job in jobs)
+
+    wait_for(lambda: states() == ["IN_PROGRESS"] * 2 + ["IN_QUEUE"] * 2)
+    health = endpoint.health()
+    assert health["jobs"]["inProgress"] == 2 and health["jobs"]["inQueue"] == 2
+    assert health["workers"]["ready"] == 1 and health["workers"]["running"] == 1
+
+    assert endpoint.purge_queue() == {"removed": 2, "status": "completed"}
+    assert states() == ["CANCELLED", "CANCELLED", "IN_PROGRESS", "IN_PROGRESS"]
+    # (the replica is saturated: a stats call would queue behind the running jobs)
+    for job in jobs:
+        job.cancel()
+    wait_for(lambda: app.engine_requests() == 0, timeout=10)
+
+
+def test_job_state_is_shared_by_every_ingress_replica(app):
+    ingress = serve.status().applications[app.name].deployments["Ingress"]
+    assert ingress.replica_states.get("RUNNING") == 2
+    job_id = api(app, "POST", "run", json={"input": {"prompt": "x"}}).json()["id"]
+    # Serve's proxy spreads these over both ingress replicas; every one must know the job.
+    for _ in range(20):
+        assert api(app, "GET", f"status/{job_id}").json()["id"] == job_id
+
+
+# ---------------------------------------------------------------- auth
+def test_api_key_is_required_on_every_route_but_health(app):
+    for key in (None, "wrong-key"):
+        response = api(app, "POST", "run", key=key, json={"input": {"prompt": "x"}})
+        assert response.status_code == 401 and "API key" in response.json()["error"]
+        response = requests.get(
+            f"{app.base_url}/v1/models",
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=30,
+        )
+        assert response.status_code == 401
+        validate("ErrorResponse", response.json())
+    assert requests.get(app.base_url + "/health", timeout=30).status_code == 200
+
+    runpod.endpoint_url_base = app.base_url + "/v2"
+    with pytest.raises(RuntimeError, match="401 Unauthorized"):
+        runpod.Endpoint(ENDPOINT, api_key="wrong-key").health()
+
+    client = app.openai(f"/v2/{ENDPOINT}/openai/v1", api_key=API_KEY)
+    assert [m.id for m in client.models.list()] == ["tiny"]
