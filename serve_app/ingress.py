@@ -32,11 +32,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import openai_errors
 from .config.plan import IngressOptions, UnknownModelError
+from .jobs.inputs import request_limits
 from .logs import get_logger
 
 logger = get_logger(__name__)
 
-OPENAI_PREFIXES = ("/v1", "/openai/v1", "/v2/{endpoint_id}/openai/v1")
 RETRY_AFTER_S = "5"
 MODELS_TIMEOUT_S = 10.0
 # Exceptions meaning "the replica serving this request went away".
@@ -50,46 +50,28 @@ app = FastAPI(
 )
 
 
-def _json_error(status: int, message: str, **kwargs: Any) -> JSONResponse:
+def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
     headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
-    return JSONResponse(
-        openai_errors.error_dict(status, message, **kwargs), status_code=status, headers=headers
-    )
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _json_error(status: int, message: str, **kwargs: Any) -> JSONResponse:
+    """OpenAI's error shape."""
+    return _error_response(status, openai_errors.error_dict(status, message, **kwargs))
 
 
 def _runpod_error(status: int, message: str) -> JSONResponse:
     """RunPod's error shape for the job API."""
-    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return _error_response(status, {"error": message})
 
 
 def _is_openai_path(path: str) -> bool:
     return path.startswith("/v1/") or "/openai/v1/" in path
 
 
-def job_request_limits(body: Any) -> dict[str, float | None]:
-    """Validate a /run or /runsync body; its time limits in seconds (RunPod gives ms).
-
-    `policy.executionTimeout` (or top-level `executionTimeout`) bounds the run once started;
-    `policy.ttl` bounds the job's whole life, queue included.
-    """
-    if not isinstance(body, dict) or "input" not in body:
-        raise ValueError('The request body must be a JSON object with an "input" field')
-    policy = body.get("policy") or {}
-    if not isinstance(policy, dict):
-        raise ValueError("policy must be an object")
-    limits: dict[str, float | None] = {}
-    for name, key, value in (
-        ("execution_timeout_s", "executionTimeout", policy.get("executionTimeout")),
-        ("execution_timeout_s", "executionTimeout", body.get("executionTimeout")),
-        ("ttl_s", "ttl", policy.get("ttl")),
-    ):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValueError(f"{key} must be a positive number of milliseconds, got {value!r}")
-        limits[name] = value / 1000
-    return limits
+def _is_runpod_path(path: str) -> bool:
+    """RunPod's job API (answers errors as `{"error": ...}`), not its OpenAI base URL."""
+    return path.startswith("/v2/") and not _is_openai_path(path)
 
 
 class ApiKeyMiddleware:
@@ -135,7 +117,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         message = f"Unknown route: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
-    if request.url.path.startswith("/v2/") and not _is_openai_path(request.url.path):
+    if _is_runpod_path(request.url.path):
         return _runpod_error(exc.status_code, message)
     return _json_error(exc.status_code, message)
 
@@ -144,7 +126,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return _json_error(400, f"Invalid request: {loc}: {first.get('msg', 'invalid')}", param=loc)
+    message = f"Invalid request: {loc}: {first.get('msg', 'invalid')}"
+    if _is_runpod_path(request.url.path):
+        return _runpod_error(400, message)
+    return _json_error(400, message, param=loc)
 
 
 async def _relay(stream: DeploymentResponseGenerator) -> AsyncIterator[str | bytes]:
@@ -186,7 +171,8 @@ def _deployment_states(names: set[str]) -> dict[str, dict[str, Any]]:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
 @serve.ingress(app)
 class Ingress:
-    """OpenAI routes (under /v1, /openai/v1 and RunPod's /v2/{endpoint_id}/openai/v1)."""
+    """OpenAI routes (under /v1, /openai/v1 and RunPod's /v2/{endpoint_id}/openai/v1), RunPod's
+    job API (/v2/{endpoint_id}/...) and /health."""
 
     def __init__(
         self,
@@ -319,7 +305,7 @@ class Ingress:
         except ValueError as exc:
             return _runpod_error(400, f"The request body is not valid JSON: {exc}")
         try:
-            limits = job_request_limits(body)
+            limits = request_limits(body)
         except ValueError as exc:
             return _runpod_error(400, str(exc))
         return await self._job_call(endpoint_id, "submit", body["input"], sync=sync, **limits)

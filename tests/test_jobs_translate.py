@@ -9,9 +9,8 @@ import json
 import pytest
 
 from serve_app.config.plan import StreamingBatchSizes
-from serve_app.ingress import job_request_limits
 from serve_app.jobs import translate
-from serve_app.jobs.inputs import parse_job_input
+from serve_app.jobs.inputs import parse_job_input, request_limits
 
 DEFAULTS = StreamingBatchSizes(max_batch_size=50, min_batch_size=1, growth_factor=3)
 
@@ -147,10 +146,8 @@ def test_openai_wrapped_stream_is_batched_raw_or_parsed():
 
 
 def test_request_limits_from_runpod_policy():
-    assert job_request_limits({"input": {}}) == {}
-    assert job_request_limits(
-        {"input": {}, "policy": {"executionTimeout": 1500, "ttl": 60000}}
-    ) == {
+    assert request_limits({"input": {}}) == {}
+    assert request_limits({"input": {}, "policy": {"executionTimeout": 1500, "ttl": 60000}}) == {
         "execution_timeout_s": 1.5,
         "ttl_s": 60.0,
     }
@@ -161,4 +158,4 @@ def test_request_limits_from_runpod_policy():
         {"input": {}, "policy": 3},
     ):
         with pytest.raises(ValueError):
-            job_request_limits(bad)
+            request_limits(bad)

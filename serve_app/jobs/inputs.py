@@ -118,3 +118,28 @@ def parse_job_input(raw: Any) -> JobInput:
         return JobInput.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(describe_errors(exc)) from None
+
+
+def request_limits(body: Any) -> dict[str, float | None]:
+    """Validate a /run or /runsync body; its time limits in seconds (RunPod gives ms).
+
+    `policy.executionTimeout` (or top-level `executionTimeout`) bounds the run once started;
+    `policy.ttl` bounds the job's whole life, queue included.
+    """
+    if not isinstance(body, dict) or "input" not in body:
+        raise ValueError('The request body must be a JSON object with an "input" field')
+    policy = body.get("policy") or {}
+    if not isinstance(policy, dict):
+        raise ValueError("policy must be an object")
+    limits: dict[str, float | None] = {}
+    for name, key, value in (
+        ("execution_timeout_s", "executionTimeout", policy.get("executionTimeout")),
+        ("execution_timeout_s", "executionTimeout", body.get("executionTimeout")),
+        ("ttl_s", "ttl", policy.get("ttl")),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"{key} must be a positive number of milliseconds, got {value!r}")
+        limits[name] = value / 1000
+    return limits
