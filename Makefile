@@ -32,6 +32,7 @@ test: setup lint
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/shellcheck -x cluster/*.sh .ci/run
 
 plan: setup
 	$(PY) -m serve_app plan $(CONFIG)

@@ -11,11 +11,13 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from .config.errors import ConfigError
 from .config.plan import AppPlan, ModelDeployment, build_plan
 from .ingress import Ingress
 from .jobs.queue import JobQueue
 from .llm_server import LLMServer
 from .logs import get_logger
+from .placement import unplaceable
 
 logger = get_logger(__name__)
 
@@ -37,7 +39,28 @@ def llm_deployment(model: ModelDeployment) -> Application:
     ).bind(model)
 
 
+def check_placement(plan: AppPlan) -> None:
+    """Refuse a plan whose replicas no node of the running cluster can hold (ConfigError)."""
+    import ray
+
+    if not ray.is_initialized():  # `plan` outside a cluster: nothing to compare against
+        return
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    problems = []
+    for model in plan.models:
+        reason = unplaceable(model.serve.placement, nodes) if model.serve.check_placement else None
+        if reason:
+            problems.append(
+                f"{model.deployment_name} ({model.model_name}): {reason}. Lower "
+                "TENSOR_PARALLEL_SIZE/PIPELINE_PARALLEL_SIZE, add nodes, or set "
+                "SKIP_PLACEMENT_CHECK=1 if the cluster's autoscaler adds them"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
 def build_from_plan(plan: AppPlan) -> Application:
+    check_placement(plan)
     for model in plan.models:
         for note in model.notes:
             logger.info("%s: %s", model.deployment_name, note)

@@ -29,6 +29,7 @@ from .jobs.translate import JobFailed, JobStarted, OpenAIError
 from .logs import get_logger
 from .model_files import resolve_model
 from .openai_conformance import conform
+from .placement import cpu_thread_binding
 
 logger = get_logger(__name__)
 
@@ -36,6 +37,38 @@ logger = get_logger(__name__)
 Head = tuple[int, bool]
 
 ROUTES = ("chat", "completions")
+
+
+def _bind_cpu_workers(world_size: int) -> None:
+    """On CPU with several workers, give each its share of this process's cores.
+
+    vLLM's automatic binding assigns one NUMA node per worker and fails where there are fewer
+    nodes than workers; an explicit VLLM_CPU_OMP_THREADS_BIND is left alone.
+    """
+    from vllm.platforms import current_platform
+
+    if world_size < 2 or not current_platform.is_cpu():
+        return
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
+        return
+    binding = cpu_thread_binding(os.sched_getaffinity(0), world_size)
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding
+    logger.info("CPU workers bound to cores %s", binding)
+
+
+def _use_replica_placement_group(vllm_config: Any) -> None:
+    """vLLM's Ray executor must run its workers in this replica's placement group (Serve
+    reserved it from PLACEMENT bundles), not create a second one. The engine core runs in a
+    child process, where Ray's "current placement group" is unknown, so it is passed along."""
+    parallel = vllm_config.parallel_config
+    if parallel.distributed_executor_backend != "ray" or parallel.placement_group is not None:
+        return
+    from ray.util import get_current_placement_group
+
+    group = get_current_placement_group()
+    if group is not None:
+        parallel.placement_group = group
+        logger.info("engine workers use the replica's placement group %s", group.id.hex())
 
 
 def _replica_id() -> str:
@@ -117,7 +150,9 @@ class LLMEngine:
 
         engine_args = AsyncEngineArgs.from_cli_args(args)
         usage = UsageContext.OPENAI_API_SERVER
+        _bind_cpu_workers(args.tensor_parallel_size * args.pipeline_parallel_size)
         vllm_config = engine_args.create_engine_config(usage_context=usage)
+        _use_replica_placement_group(vllm_config)
         engine = AsyncLLM.from_vllm_config(
             vllm_config=vllm_config,
             usage_context=usage,

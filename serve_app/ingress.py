@@ -39,6 +39,7 @@ logger = get_logger(__name__)
 
 RETRY_AFTER_S = "5"
 MODELS_TIMEOUT_S = 10.0
+STATE_POLL_S = 2.0
 # Exceptions meaning "the replica serving this request went away".
 _REPLICA_GONE = (RayActorError,)
 
@@ -174,7 +175,7 @@ class Ingress:
     """OpenAI routes (under /v1, /openai/v1 and RunPod's /v2/{endpoint_id}/openai/v1), RunPod's
     job API (/v2/{endpoint_id}/...) and /health."""
 
-    def __init__(
+    async def __init__(
         self,
         options: IngressOptions,
         llms: dict[str, DeploymentHandle],
@@ -185,7 +186,39 @@ class Ingress:
         self._jobs = jobs
         self._started = int(time.time())
         self._cards: dict[str, list[dict[str, Any]]] = {}
+        self._states: dict[str, dict[str, Any]] = {}
         ApiKeyMiddleware.expected_sha256 = options.api_key_sha256
+        self._poller = asyncio.create_task(self._poll_states())
+
+    async def _poll_states(self) -> None:
+        """Keep the LLM deployments' states (running replicas) a few seconds fresh."""
+        while True:
+            try:
+                self._states = await asyncio.to_thread(_deployment_states, set(self._llms))
+            except Exception as exc:  # the controller is restarting: keep the last view
+                logger.warning("cannot read deployment states: %s", exc)
+            await asyncio.sleep(STATE_POLL_S)
+
+    async def _await_replica(self, deployment: str) -> Response | None:
+        """With no running replica (scale from zero, replacement), wait a bounded time for one.
+
+        The probe itself is a queued request, so Serve's autoscaler starts a replica for it.
+        """
+        state = self._states.get(deployment)
+        if state is None or state["running_replicas"] > 0:
+            return None
+        timeout = self._options.replica_wait_timeout_s
+        try:
+            await asyncio.wait_for(self._llms[deployment].ready.remote(), timeout)
+        except TimeoutError:
+            return _json_error(
+                503,
+                f"No replica of {deployment} became ready within {timeout:g} s "
+                "(REPLICA_WAIT_TIMEOUT_S); it may still be starting, retry later",
+            )
+        except Exception as exc:
+            return self._dispatch_error(exc, deployment)
+        return None
 
     def _unknown_endpoint(self, endpoint_id: str | None) -> str | None:
         """Why a /v2/{endpoint_id}/... path is not this endpoint, or None."""
@@ -209,6 +242,8 @@ class Ingress:
             deployment = self._options.models.deployment_for(payload.get("model"))
         except UnknownModelError as exc:
             return JSONResponse(exc.openai_error(), status_code=exc.status)
+        if waited := await self._await_replica(deployment):
+            return waited
 
         stream: DeploymentResponseGenerator = (
             self._llms[deployment].options(stream=True).openai.remote(route, body)
@@ -275,7 +310,10 @@ class Ingress:
             if deployment in self._cards:
                 cards += self._cards[deployment]
                 continue
+            state = self._states.get(deployment)
             try:
+                if state is not None and state["running_replicas"] == 0:
+                    raise LookupError("no running replica")  # do not wake it just to list it
                 listing = await asyncio.wait_for(handle.models.remote(), MODELS_TIMEOUT_S)
                 self._cards[deployment] = listing["data"]
                 cards += listing["data"]

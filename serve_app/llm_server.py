@@ -20,5 +20,9 @@ class LLMServer(LLMEngine):
         self._reaper = engine_reaper.start()
         super().__init__(model, *await self.boot(model))
 
+    async def ready(self) -> bool:
+        """Answers once the replica runs: the ingress's probe while none does."""
+        return True
+
     def __del__(self) -> None:
         self.shutdown()

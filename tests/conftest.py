@@ -53,6 +53,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_tp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose heads divide by 2 (tensor parallelism 2)."""
+    return build_tiny_model(
+        tmp_path_factory.mktemp("models") / "tiny-tp", num_heads=4, num_kv_heads=2
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_lora(tiny_model: Path) -> Path:
     return build_lora_adapter(tiny_model, tiny_model.parent / "tiny-lora")
 

@@ -253,3 +253,60 @@ def test_plan_command_with_bad_env_exits_2_listing_every_problem():
     assert "MAX_MODEL_LEN='abc': expected an integer" in result.stderr
     assert "TENSOR_PARALLEL_SIZE='two': expected an integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fixed_replicas_unless_autoscaling_is_asked_for():
+    options = plan_of({}).models[0].serve.deployment_options()
+    assert options["num_replicas"] == 1 and "autoscaling_config" not in options
+    options = (
+        plan_of({"MIN_REPLICAS": "0", "MAX_REPLICAS": "4", "UPSCALE_DELAY_S": "5"})
+        .models[0]
+        .serve.deployment_options()
+    )
+    assert "num_replicas" not in options
+    config = options["autoscaling_config"]
+    assert (config["min_replicas"], config["max_replicas"], config["initial_replicas"]) == (0, 4, 0)
+    assert config["target_ongoing_requests"] == 64  # high: vLLM batches internally
+    assert config["upscale_delay_s"] == 5
+    # the target never exceeds what a replica accepts
+    config = plan_of({"MAX_REPLICAS": "2", "MAX_CONCURRENCY": "8"}).models[0].serve
+    assert config.autoscaling.target_ongoing_requests == 8
+    assert problems_of({"MIN_REPLICAS": "3", "MAX_REPLICAS": "2"}) == [
+        "MAX_REPLICAS=2 is below MIN_REPLICAS=3"
+    ]
+
+
+def test_gpu_parallelism_plan_uses_a_placement_group_and_the_ray_executor():
+    model = plan_of(
+        {"TENSOR_PARALLEL_SIZE": "2", "PIPELINE_PARALLEL_SIZE": "2", "GPU_TYPE": "A100-80G"},
+        platform="gpu",
+    ).models[0]
+    options = model.serve.deployment_options()
+    assert len(options["placement_group_bundles"]) == 4
+    assert options["placement_group_strategy"] == "PACK"
+    assert model.vllm_args["distributed_executor_backend"] == "ray"
+    ns = vllm_args.parse_argv(model.vllm_argv)
+    assert (ns.tensor_parallel_size, ns.pipeline_parallel_size) == (2, 2)
+
+
+def test_several_models_become_several_deployments_routed_by_name():
+    plan = plan_of(
+        {"MAX_MODEL_LEN": "1024"},
+        {
+            "models": [
+                {"MODEL_NAME": "org/a", "ENABLE_LORA": "1",
+                 "LORA_MODULES": '[{"name": "a-sql", "path": "/x"}]'},
+                {"MODEL_NAME": "org/b", "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "b",
+                 "MAX_REPLICAS": 3},
+            ]
+        },
+    )  # fmt: skip
+    assert [m.deployment_name for m in plan.models] == ["LLM-org-a", "LLM-b"]
+    assert plan.ingress.models.routes == {"org/a": "LLM-org-a", "a-sql": "LLM-org-a", "b": "LLM-b"}
+    assert plan.ingress.models.default_deployment is None  # requests must name their model
+    assert all(m.vllm_args["max_model_len"] == 1024 for m in plan.models)  # shared settings
+    assert plan.models[1].serve.autoscaling.max_replicas == 3
+    assert (
+        "models[1]: MAX_MODEL_LEN='x'"
+        in problems_of({}, {"models": [{}, {"MAX_MODEL_LEN": "x"}]})[0]
+    )

@@ -40,20 +40,44 @@ class Storage(BaseModel):
     hf_cache: str
 
 
+class Autoscaling(BaseModel):
+    """Serve's autoscaling of an LLM deployment by ongoing requests per replica."""
+
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: float
+    upscale_delay_s: float
+    downscale_delay_s: float
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **self.model_dump(),
+            "initial_replicas": self.min_replicas,
+            "downscale_to_zero_delay_s": self.downscale_delay_s,
+        }
+
+
 class ServeOptions(BaseModel):
     """Ray Serve options of an LLM deployment."""
 
     max_ongoing_requests: int
-    num_replicas: int = 1
+    autoscaling: Autoscaling
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
     graceful_shutdown_timeout_s: float = 30.0
     placement: ReplicaPlacement
+    check_placement: bool = True
 
     def deployment_options(self) -> dict[str, Any]:
+        scaling = self.autoscaling
+        replicas: dict[str, Any] = (
+            {"num_replicas": scaling.min_replicas}
+            if scaling.min_replicas == scaling.max_replicas
+            else {"autoscaling_config": scaling.config()}
+        )
         return {
             "max_ongoing_requests": self.max_ongoing_requests,
-            "num_replicas": self.num_replicas,
+            **replicas,
             "health_check_period_s": self.health_check_period_s,
             "health_check_timeout_s": self.health_check_timeout_s,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
@@ -144,6 +168,7 @@ class JobQueueOptions(BaseModel):
 class IngressOptions(BaseModel):
     models: ModelRoutes
     num_replicas: int
+    replica_wait_timeout_s: float
     runsync_timeout_s: float
     endpoint_id: str | None
     # SHA-256 of API_KEY: the key itself is never stored in Serve's config; not in plan output.
@@ -267,6 +292,22 @@ def _check_loras(loras: Any, values: EnvValues) -> list[str]:
     return problems
 
 
+def _autoscaling(values: EnvValues) -> tuple[Autoscaling, list[str]]:
+    low, high = values["MIN_REPLICAS"], values["MAX_REPLICAS"]
+    problems = []
+    if high < low:
+        problems.append(f"MAX_REPLICAS={high} is below MIN_REPLICAS={low}")
+    target = min(values["TARGET_ONGOING_REQUESTS"], float(values["MAX_CONCURRENCY"]))
+    scaling = Autoscaling(
+        min_replicas=low,
+        max_replicas=max(high, low),
+        target_ongoing_requests=target,
+        upscale_delay_s=values["UPSCALE_DELAY_S"],
+        downscale_delay_s=values["DOWNSCALE_DELAY_S"],
+    )
+    return scaling, problems
+
+
 def _flags_to_env_names(message: str, schema: EnvSchema) -> str:
     """Rewrite vLLM's `--flag-name` in a message as the env var that sets it."""
     by_dest = {v.target.vllm_dest: v.name for v in schema.variables if v.target.vllm_dest}
@@ -328,11 +369,15 @@ def build_model_deployment(
             values["TENSOR_PARALLEL_SIZE"],
             values["PIPELINE_PARALLEL_SIZE"],
             executor=options.get("distributed_executor_backend"),
+            strategy=values["PLACEMENT_STRATEGY"],
+            accelerator_type=values["GPU_TYPE"],
         )
         if placement.executor != "uni":
             options.setdefault("distributed_executor_backend", placement.executor)
     except ValueError as exc:
         problems.append(str(exc))
+    autoscaling, scaling_problems = _autoscaling(values)
+    problems += scaling_problems
 
     argv = vllm_args.to_argv(options)
     if not problems:
@@ -358,7 +403,12 @@ def build_model_deployment(
         vllm_argv=argv,
         platform=platform,
         storage=storage,
-        serve=ServeOptions(max_ongoing_requests=values["MAX_CONCURRENCY"], placement=placement),
+        serve=ServeOptions(
+            max_ongoing_requests=values["MAX_CONCURRENCY"],
+            autoscaling=autoscaling,
+            placement=placement,
+            check_placement=not values["SKIP_PLACEMENT_CHECK"],
+        ),
         env_vars=env_vars,
         jobs=JobOutputOptions(
             streaming=StreamingBatchSizes(
@@ -433,6 +483,7 @@ def build_plan(
         ingress=IngressOptions(
             models=model_routes,
             num_replicas=common["INGRESS_REPLICAS"],
+            replica_wait_timeout_s=common["REPLICA_WAIT_TIMEOUT_S"],
             runsync_timeout_s=common["RUNSYNC_TIMEOUT_S"],
             endpoint_id=common["RUNPOD_ENDPOINT_ID"],
             api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,

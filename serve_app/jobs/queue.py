@@ -78,6 +78,8 @@ class Job:
             if self.started
             else 0,
         }
+        if self.replica is not None:
+            body["workerId"] = self.replica  # the LLM replica that ran it
         if self.status == COMPLETED:
             body["output"] = self.outputs
         elif self.status in FINAL:
