@@ -199,13 +199,22 @@ class Ingress:
                 logger.warning("cannot read deployment states: %s", exc)
             await asyncio.sleep(STATE_POLL_S)
 
+    async def _no_running_replica(self, deployment: str) -> bool:
+        """True if the deployment has no running replica now (a cached zero is re-read: the
+        cache may predate a replica that just started)."""
+        state = self._states.get(deployment)
+        if state is None or state["running_replicas"] > 0:
+            return False
+        self._states = await asyncio.to_thread(_deployment_states, set(self._llms))
+        state = self._states.get(deployment)
+        return state is not None and state["running_replicas"] == 0
+
     async def _await_replica(self, deployment: str) -> Response | None:
         """With no running replica (scale from zero, replacement), wait a bounded time for one.
 
         The probe itself is a queued request, so Serve's autoscaler starts a replica for it.
         """
-        state = self._states.get(deployment)
-        if state is None or state["running_replicas"] > 0:
+        if not await self._no_running_replica(deployment):
             return None
         timeout = self._options.replica_wait_timeout_s
         try:
@@ -310,9 +319,8 @@ class Ingress:
             if deployment in self._cards:
                 cards += self._cards[deployment]
                 continue
-            state = self._states.get(deployment)
             try:
-                if state is not None and state["running_replicas"] == 0:
+                if await self._no_running_replica(deployment):
                     raise LookupError("no running replica")  # do not wake it just to list it
                 listing = await asyncio.wait_for(handle.models.remote(), MODELS_TIMEOUT_S)
                 self._cards[deployment] = listing["data"]
