@@ -33,12 +33,14 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/shellcheck -x cluster/*.sh .ci/run
+	$(VENV)/bin/hadolint Dockerfile
 
 plan: setup
 	$(PY) -m serve_app plan $(CONFIG)
 
 docs: setup
 	$(PY) -m serve_app docs --write
+	$(PY) -m serve_app runpod-config --write
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,9 +1,10 @@
-"""Command line: `python -m serve_app {plan,serve,fetch,docs}`.
+"""Command line: `python -m serve_app {plan,serve,fetch,docs,runpod-config}`.
 
   plan  [CONFIG]   what would be deployed for the current env and config, as JSON
   serve [CONFIG]   validate, fetch the model(s) with progress, then `serve run CONFIG`
   fetch [CONFIG]   only download / convert the model(s)
   docs             the environment-variable reference (README) from configs/env_vars.yaml
+  runpod-config    RunPod's worker-config.json and .runpod/hub.json from the same schema
 
 Configuration errors print one message listing every bad variable, and exit with code 2.
 """
@@ -73,8 +74,7 @@ def cmd_fetch(ns: argparse.Namespace) -> int:
                 path = resolve_model(
                     model.model_name,
                     revision=model.vllm_args.get("revision"),
-                    base_path=model.storage.base_path,
-                    hf_cache=model.storage.hf_cache,
+                    **model.storage.model_dump(),
                 )
             except ModelUnavailableError as exc:
                 print(f"error: {exc}", file=sys.stderr)
@@ -110,6 +110,19 @@ def cmd_docs(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runpod_config(ns: argparse.Namespace) -> int:
+    from . import runpod_config
+
+    if ns.write:
+        for path in runpod_config.write():
+            print(f"updated {path.name}")
+        return 0
+    stale = runpod_config.stale()
+    for path in stale:
+        print(f"{path} is out of date: run `python -m serve_app runpod-config --write`")
+    return 1 if stale else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="update README.md")
     p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
     p.set_defaults(func=cmd_docs)
+    p = sub.add_parser("runpod-config", help="worker-config.json and .runpod/hub.json")
+    p.add_argument("--write", action="store_true", help="regenerate them (default: check)")
+    p.set_defaults(func=cmd_runpod_config)
 
     ns = parser.parse_args(argv)
     try:

@@ -39,6 +39,18 @@ Head = tuple[int, bool]
 ROUTES = ("chat", "completions")
 
 
+def _metrics_loggers(disabled: bool) -> list[Any] | None:
+    """In a Ray cluster, vLLM's Prometheus metrics go through Ray's metrics system, so every
+    node's metrics endpoint (and the Ray dashboard's Grafana) shows them with Serve's own."""
+    import ray
+
+    if disabled or not ray.is_initialized():
+        return None  # the serverless worker keeps vLLM's default loggers
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    return [RayPrometheusStatLogger]
+
+
 def _bind_cpu_workers(world_size: int) -> None:
     """On CPU with several workers, give each its share of this process's cores.
 
@@ -121,23 +133,15 @@ class LLMEngine:
     def _resolve_args(model: ModelDeployment) -> Any:
         """vLLM's serve Namespace, with the model (and tokenizer) as local directories."""
         options = dict(model.vllm_args)
-        path = resolve_model(
-            model.model_name,
-            revision=options.pop("revision", None),
-            base_path=model.storage.base_path,
-            hf_cache=model.storage.hf_cache,
-        )
+        storage = model.storage.model_dump()
+        path = resolve_model(model.model_name, revision=options.pop("revision", None), **storage)
         options["model"] = str(path)
         if options.get("tokenizer"):
-            options["tokenizer"] = str(
-                resolve_model(
-                    options["tokenizer"],
-                    revision=options.pop("tokenizer_revision", None),
-                    base_path=model.storage.base_path,
-                    hf_cache=model.storage.hf_cache,
-                    tokenizer_only=True,
-                )
+            revision = options.pop("tokenizer_revision", None)
+            tokenizer = resolve_model(
+                options["tokenizer"], revision=revision, tokenizer_only=True, **storage
             )
+            options["tokenizer"] = str(tokenizer)
         return vllm_args.parse_argv(vllm_args.to_argv(options))
 
     @staticmethod
@@ -159,6 +163,7 @@ class LLMEngine:
             enable_log_requests=engine_args.enable_log_requests,
             aggregate_engine_logging=engine_args.aggregate_engine_logging,
             disable_log_stats=engine_args.disable_log_stats,
+            stat_loggers=_metrics_loggers(engine_args.disable_log_stats),
         )
         try:
             state = State()

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bake import baked_path
 from .logs import get_logger
 
 logger = get_logger(__name__)
@@ -61,6 +62,7 @@ def resolve_model(
     base_path: str,
     hf_cache: str,
     tokenizer_only: bool = False,
+    baked_dir: str | None = None,
 ) -> Path:
     """Local directory holding `name` (a repo id or a path). Raises ModelUnavailableError."""
     from huggingface_hub import snapshot_download
@@ -73,6 +75,15 @@ def resolve_model(
         RevisionNotFoundError,
     )
 
+    baked = baked_path(baked_dir, name, revision)
+    if baked is not None:
+        logger.info(
+            "%s %s: baked into the image at %s",
+            "tokenizer" if tokenizer_only else "model",
+            name,
+            baked,
+        )
+        return baked
     local = Path(name).expanduser()
     if local.is_dir():
         logger.info("model %s: local directory", name)
@@ -81,10 +92,13 @@ def resolve_model(
         raise ModelUnavailableError(f"MODEL_NAME={name!r}: no such directory")
 
     what = "tokenizer" if tokenizer_only else "model"
-    patterns = {"allow_patterns": _TOKENIZER_FILES} if tokenizer_only else {}
     try:
         path = snapshot_download(
-            name, revision=revision, cache_dir=hf_cache, local_files_only=True, **patterns
+            name,
+            revision=revision,
+            cache_dir=hf_cache,
+            local_files_only=True,
+            **({"allow_patterns": _TOKENIZER_FILES} if tokenizer_only else {}),
         )
         logger.info("%s %s: found in the Hugging Face cache at %s", what, name, path)
         return Path(path)
@@ -111,8 +125,7 @@ def resolve_model(
     logger.info("%s %s: downloading into %s", what, name, hf_cache)
     started = time.monotonic()
     try:
-        if not tokenizer_only:
-            patterns = {"ignore_patterns": _ignore_patterns(name, revision)}
+        patterns = download_patterns(name, revision, tokenizer_only=tokenizer_only)
         path = snapshot_download(name, revision=revision, cache_dir=hf_cache, **patterns)
     except (GatedRepoError, RepositoryNotFoundError) as exc:
         raise ModelUnavailableError(
@@ -155,14 +168,20 @@ def _hub_unreachable(timeout: float = 5.0) -> str | None:
     return None
 
 
-def _ignore_patterns(name: str, revision: str | None) -> list[str]:
+def download_patterns(name: str, revision: str | None, *, tokenizer_only: bool) -> dict:
+    """snapshot_download's file filters: tokenizer files only, or the weights vLLM loads
+    (no .bin/.pt copies when safetensors exist)."""
+    if tokenizer_only:
+        return {"allow_patterns": _TOKENIZER_FILES}
     try:
         from huggingface_hub import HfApi
 
         files = HfApi().list_repo_files(name, revision=revision)
     except Exception:
-        return []
-    return _SKIPPED_WITH_SAFETENSORS if any(f.endswith(".safetensors") for f in files) else []
+        return {}
+    if any(f.endswith(".safetensors") for f in files):
+        return {"ignore_patterns": _SKIPPED_WITH_SAFETENSORS}
+    return {}
 
 
 def bundled_gguf_path(bundled: BundledModel) -> Path:

@@ -40,7 +40,6 @@ def app(serve_cluster, tiny_model: Path, tiny_lora: Path, tmp_path_factory):
         "ENABLE_AUTO_TOOL_CHOICE": "1",
         "TOOL_CALL_PARSER": "hermes",
         "BASE_PATH": str(tmp_path_factory.mktemp("base")),
-        "DISABLE_LOG_STATS": "1",
         # A random model would fill JSON with whitespace; a vLLM engine arg set by its env var.
         "STRUCTURED_OUTPUTS_CONFIG": '{"disable_any_whitespace": true}',
         "GUIDED_DECODING_BACKEND": "xgrammar",
@@ -370,6 +369,23 @@ def test_client_disconnect_mid_stream_aborts_the_generation(app):
     while app.engine_requests() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert app.engine_requests() == 0
+
+
+def test_vllm_metrics_are_exported_through_rays_metrics_endpoint(app, client):
+    import ray
+
+    client.completions.create(model="tiny", prompt="metrics", max_tokens=3)
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def vllm_lines() -> list[str]:
+        text = httpx.get(url, timeout=10).text
+        return [line for line in text.splitlines() if "vllm" in line and "generation" in line]
+
+    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
+    while not vllm_lines() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert vllm_lines(), "no vLLM generation metrics on Ray's metrics endpoint"
 
 
 def test_dead_engine_makes_the_replica_unhealthy_and_serve_replaces_it(app, client):

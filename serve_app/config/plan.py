@@ -38,6 +38,7 @@ MODELS_KEY = "models"
 class Storage(BaseModel):
     base_path: str
     hf_cache: str
+    baked_dir: str | None = None
 
 
 class Autoscaling(BaseModel):
@@ -197,7 +198,11 @@ def resolve_storage(values: EnvValues) -> Storage:
     if not values.is_set("BASE_PATH") and not os.access(DEFAULT_BASE_PATH, os.W_OK):
         base = FALLBACK_BASE_PATH
     base_path = str(Path(base).expanduser())
-    return Storage(base_path=base_path, hf_cache=str(Path(base_path, "huggingface-cache", "hub")))
+    return Storage(
+        base_path=base_path,
+        hf_cache=str(Path(base_path, "huggingface-cache", "hub")),
+        baked_dir=values["BAKED_MODELS_DIR"],
+    )
 
 
 def _slug(name: str) -> str:

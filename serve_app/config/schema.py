@@ -58,6 +58,7 @@ class EnvVar(BaseModel):
     choices_from: ChoicesSource | None = None
     minimum: float | None = None
     secret: bool = False
+    serverless: bool = True
     target: Target
     description: str
 
