@@ -34,7 +34,7 @@ COPY configs ./configs
 COPY serve_app ./serve_app
 COPY cluster ./cluster
 # The base image already holds vllm==0.32.0 and its torch: the `gpu` extra only confirms them.
-RUN pip install -e ".[gpu]"
+RUN python3 -m pip install -e ".[gpu]"
 
 # A gated model's token is a BuildKit secret: read for this step only, never in a layer.
 RUN --mount=type=secret,id=HF_TOKEN,required=false \
@@ -42,7 +42,7 @@ RUN --mount=type=secret,id=HF_TOKEN,required=false \
       HF_TOKEN="$(cat /run/secrets/HF_TOKEN 2>/dev/null || true)" \
       MODEL_NAME="${MODEL_NAME}" MODEL_REVISION="${MODEL_REVISION}" \
       TOKENIZER_NAME="${TOKENIZER_NAME}" TOKENIZER_REVISION="${TOKENIZER_REVISION}" \
-      python -m serve_app.bake /models/baked; \
+      python3 -m serve_app.bake /models/baked; \
     fi
 
 # The baked model (if any) is the default model; everything else stays configurable at run time.
@@ -55,4 +55,4 @@ ENV MODEL_NAME=${MODEL_NAME} \
 
 # 8000: the OpenAI/RunPod HTTP endpoint. Ray's ports are opened per cluster (cluster/README.md).
 EXPOSE 8000
-ENTRYPOINT ["python", "-m", "serve_app.container"]
+ENTRYPOINT ["python3", "-m", "serve_app.container"]

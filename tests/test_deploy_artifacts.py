@@ -40,12 +40,12 @@ def test_dockerfile_has_worker_vllm_build_args_and_keeps_the_token_out_of_layers
     assert "FROM ${VLLM_IMAGE}" in DOCKERFILE and "vllm/vllm-openai:v0.32.0" in DOCKERFILE
     baked_default = load_schema().by_name["BAKED_MODELS_DIR"].default
     assert f"BAKED_MODELS_DIR={baked_default}" in DOCKERFILE
-    assert f"python -m serve_app.bake {baked_default}" in DOCKERFILE
+    assert f"python3 -m serve_app.bake {baked_default}" in DOCKERFILE
 
 
 def test_dockerfile_entry_point_is_the_container_module():
     (entry,) = re.findall(r"^ENTRYPOINT (.+)$", DOCKERFILE, re.M)
-    assert json.loads(entry) == ["python", "-m", "serve_app.container"]
+    assert json.loads(entry) == ["python3", "-m", "serve_app.container"]
     assert re.search(r"^\s+RUN_MODE=serve$", DOCKERFILE, re.M)
 
 
