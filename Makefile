@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,test
 CONFIG ?= serve_config.yaml
 
-.PHONY: setup serve test lint plan docs clean-venv
+.PHONY: setup serve test lint plan docs bench clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ lint: setup
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/shellcheck -x cluster/*.sh .ci/run
 	$(VENV)/bin/hadolint Dockerfile
+
+# Side-by-side benchmark against vLLM's own server (about 15 minutes); see docs/benchmarks/.
+bench: setup
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
+	$(PY) bench/run.py
 
 plan: setup
 	$(PY) -m serve_app plan $(CONFIG)

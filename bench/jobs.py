@@ -1,0 +1,83 @@
+"""The RunPod job path of this application under load: /runsync, and /run + /stream polling."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import httpx
+
+POLL_S = 0.05
+
+
+def _summary(latencies: list[float], tokens: int, wall: float) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "jobs_per_s": len(latencies) / wall,
+        "output_tokens_per_s": tokens / wall,
+        "median_latency_ms": statistics.median(ordered) * 1000,
+        "p99_latency_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    }
+
+
+async def _runsync(client: httpx.AsyncClient, job: dict[str, Any]) -> tuple[float, int]:
+    started = time.monotonic()
+    response = (await client.post("/v2/bench/runsync", json={"input": job})).json()
+    assert response["status"] == "COMPLETED", response
+    return time.monotonic() - started, response["output"][-1]["usage"]["output"]
+
+
+async def _stream(client: httpx.AsyncClient, job: dict[str, Any]) -> tuple[float, float, int]:
+    started = time.monotonic()
+    job_id = (await client.post("/v2/bench/run", json={"input": {**job, "stream": True}})).json()[
+        "id"
+    ]
+    first, tokens = None, 0
+    while True:
+        polled = (await client.get(f"/v2/bench/stream/{job_id}")).json()
+        for chunk in polled["stream"]:
+            first = first or time.monotonic() - started
+            tokens = chunk["output"]["usage"]["output"]
+        if polled["status"] not in ("IN_QUEUE", "IN_PROGRESS"):
+            assert polled["status"] == "COMPLETED", polled
+            return first or 0.0, time.monotonic() - started, tokens
+        await asyncio.sleep(POLL_S)
+
+
+async def _measure(base_url: str, workload: Any) -> dict[str, Any]:
+    job = {
+        "prompt": "hello " * workload.input_len,
+        "sampling_params": {
+            "max_tokens": workload.output_len,
+            "temperature": 0,
+            "ignore_eos": True,
+        },
+    }
+    count = min(workload.prompts, 64)
+    limit = asyncio.Semaphore(workload.concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+
+        async def bounded(coro_fn):
+            async with limit:
+                return await coro_fn(client, job)
+
+        started = time.monotonic()
+        sync = await asyncio.gather(*(bounded(_runsync) for _ in range(count)))
+        sync_wall = time.monotonic() - started
+        started = time.monotonic()
+        streamed = await asyncio.gather(*(bounded(_stream) for _ in range(count)))
+        stream_wall = time.monotonic() - started
+    stream = _summary([s[1] for s in streamed], sum(s[2] for s in streamed), stream_wall)
+    stream["median_first_output_ms"] = statistics.median(s[0] for s in streamed) * 1000
+    return {
+        "jobs": count,
+        "concurrency": workload.concurrency,
+        "runsync": _summary([s[0] for s in sync], sum(s[1] for s in sync), sync_wall),
+        "stream": stream,
+    }
+
+
+def measure(base_url: str, workload: Any) -> dict[str, Any]:
+    return asyncio.run(_measure(base_url, workload))

@@ -1,0 +1,100 @@
+"""The benchmark's outputs: a table on stdout, results.json, a plot, and the latest table in
+docs/benchmarks/README.md (between markers; the rest of that file is written by hand)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+START = "<!-- results:start (written by bench/run.py) -->"
+END = "<!-- results:end -->"
+ROWS = [
+    ("output_throughput", "output tok/s", "{:.0f}", "ratio"),
+    ("median_ttft_ms", "median TTFT (ms)", "{:.0f}", "delta"),
+    ("p99_ttft_ms", "p99 TTFT (ms)", "{:.0f}", "delta"),
+    ("median_tpot_ms", "median TPOT (ms)", "{:.1f}", "ratio"),
+    ("median_itl_ms", "median ITL (ms)", "{:.1f}", "ratio"),
+    ("p99_itl_ms", "p99 ITL (ms)", "{:.1f}", "ratio"),
+]
+
+
+def _compare(ours: float, theirs: float, kind: str) -> str:
+    if kind == "delta":
+        return f"{ours - theirs:+.0f} ms"
+    return f"{ours / theirs:.2f}x" if theirs else "n/a"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for result in results:
+        w = result["workload"]
+        lines += [
+            f"**{w['name']}**: `{w['served_name']}`, {w['input_len']} in / {w['output_len']} out "
+            f"tokens, {w['prompts']} prompts, {w['concurrency']} concurrent (medians of "
+            f"{len(result['runs']['vllm'])} alternated runs each)",
+            "",
+            "| metric | vLLM's server | this app | this app / vLLM |",
+            "|---|---|---|---|",
+        ]
+        theirs, ours = result["medians"]["vllm"], result["medians"]["ours"]
+        for key, label, fmt, kind in ROWS:
+            lines.append(
+                f"| {label} | {fmt.format(theirs[key])} | {fmt.format(ours[key])} | "
+                f"{_compare(ours[key], theirs[key], kind)} |"
+            )
+        for job in result["jobs"]:
+            sync, stream = job["runsync"], job["stream"]
+            lines += [
+                "",
+                f"RunPod job path of this app ({job['jobs']} jobs, {job['concurrency']} "
+                "concurrent):",
+                "",
+                "| path | jobs/s | output tok/s | median latency (ms) | p99 latency (ms) |",
+                "|---|---|---|---|---|",
+                f"| `/runsync` | {sync['jobs_per_s']:.1f} | {sync['output_tokens_per_s']:.0f} | "
+                f"{sync['median_latency_ms']:.0f} | {sync['p99_latency_ms']:.0f} |",
+                f"| `/run` + `/stream` (first output after "
+                f"{stream['median_first_output_ms']:.0f} ms) | {stream['jobs_per_s']:.1f} | "
+                f"{stream['output_tokens_per_s']:.0f} | {stream['median_latency_ms']:.0f} | "
+                f"{stream['p99_latency_ms']:.0f} |",
+            ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("output_throughput", "output tok/s"), ("median_ttft_ms", "median TTFT (ms)"),
+            ("median_tpot_ms", "median TPOT (ms)")]  # fmt: skip
+    fig, axes = plt.subplots(len(results), len(keys), figsize=(4 * len(keys), 3 * len(results)),
+                             squeeze=False)  # fmt: skip
+    for row, result in zip(axes, results, strict=True):
+        for ax, (key, label) in zip(row, keys, strict=True):
+            values = [result["medians"]["vllm"][key], result["medians"]["ours"][key]]
+            ax.bar(["vLLM server", "this app"], values, color=["#888888", "#3366cc"])
+            ax.set_title(f"{result['workload']['name']}: {label}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write(results: list[dict[str, Any]], out: Path, *, command: str, date: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(results)
+    print(text)
+    document = {"date": date, "command": command, "results": results}
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    plot(results, out / "results.png")
+    readme = out / "README.md"
+    body = (
+        f"{START}\nLatest run ({date}), produced by `{command}`:\n\n{text}\n"
+        f"![results](results.png)\n{END}"
+    )
+    current = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    head, _, rest = current.partition(START)
+    _, _, tail = rest.partition(END)
+    readme.write_text(head + body + tail)

@@ -1,0 +1,236 @@
+"""Benchmark this application against vLLM's own OpenAI server, side by side, in one run.
+
+    make bench                       # both workloads, 2 alternated rounds
+    python bench/run.py --workloads overhead --rounds 3
+
+For each workload the same model is served with the same engine arguments (the `vllm serve`
+arguments this application derives from its environment, `plan`'s `vllm_argv`) by (a) vLLM's
+own server and (b) this application (`serve run`), one at a time, alternating, and each is
+driven by vLLM's own benchmark client (`vllm.benchmarks.serve`: random dataset, streaming chat
+completions, `ignore_eos`). The RunPod job path (`/runsync`, `/stream`) of this application is
+measured too. Results: a table on stdout, docs/benchmarks/results.json, a plot, and the table
+in docs/benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import jobs, report  # noqa: E402
+from serve_app.config import vllm_args  # noqa: E402
+from serve_app.config.plan import build_plan  # noqa: E402
+from serve_app.model_files import resolve_model  # noqa: E402
+
+CACHE = ROOT / ".cache" / "bench"
+START_TIMEOUT_S = 900
+METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
+           "median_itl_ms", "p99_itl_ms")  # fmt: skip
+
+
+@dataclass
+class Workload:
+    name: str
+    model: str  # MODEL_NAME (a local directory or a hub id resolved offline)
+    served_name: str
+    input_len: int
+    output_len: int
+    prompts: int
+    concurrency: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def workloads(names: list[str]) -> list[Workload]:
+    from tests.tiny_model import build_tiny_model
+
+    found = []
+    if "overhead" in names:
+        tiny = build_tiny_model(CACHE / "tiny")
+        found.append(Workload("overhead", str(tiny), "tiny", 64, 64, 200, 32))
+    if "realistic" in names:
+        found.append(
+            Workload(
+                "realistic",
+                "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "HuggingFaceTB/SmolLM2-135M-Instruct",
+                128,
+                64,
+                64,
+                16,
+            )
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MODEL_"))}
+
+
+def app_env(workload: Workload) -> dict[str, str]:
+    env = {**base_env(), "MODEL_NAME": workload.model, "BASE_PATH": str(CACHE / "base")}
+    if workload.served_name != workload.model:
+        env["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] = workload.served_name
+    return {**env, **workload.env}
+
+
+@contextlib.contextmanager
+def running(command: list[str], env: dict[str, str], health_url: str, log: Path) -> Iterator[None]:
+    """Run a server until the block ends; every process it started is stopped after."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        tree: dict[int, psutil.Process] = {}
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                for child in psutil.Process(process.pid).children(recursive=True):
+                    tree.setdefault(child.pid, child)
+                if process.poll() is not None:
+                    raise RuntimeError(f"server exited ({process.returncode}); see {log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(health_url, timeout=5).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"server not healthy after {START_TIMEOUT_S} s; see {log}")
+                time.sleep(2)
+            yield
+        finally:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(process.pid).children(recursive=True):
+                    tree.setdefault(child.pid, child)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            alive = [p for p in tree.values() if p.is_running()]
+            for proc in alive:
+                with contextlib.suppress(psutil.Error):
+                    proc.terminate()
+            _, left = psutil.wait_procs(alive, timeout=20)
+            for proc in left:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+
+
+def vllm_server(workload: Workload, port: int, log: Path):
+    """vLLM's own OpenAI server with the arguments this application would give the engine."""
+    plan = build_plan(app_env(workload))
+    model = plan.models[0]
+    options = dict(model.vllm_args)
+    options["model"] = str(
+        resolve_model(model.model_name, revision=None, **model.storage.model_dump())
+    )
+    argv = vllm_args.to_argv(options)
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv,
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    env = {**base_env(), **model.env_vars}
+    return running(command, env, f"http://127.0.0.1:{port}/health", log)
+
+
+def our_server(workload: Workload, port: int, log: Path):
+    """This application, as `make serve` runs it (`serve run` of serve_config.yaml)."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    path = Path(tempfile.mkdtemp(prefix="bench-")) / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "serve_app", "serve", str(path)]
+    return running(command, app_env(workload), f"http://127.0.0.1:{port}/health", log)
+
+
+def bench_client(
+    workload: Workload, port: int, tokenizer: str, result: Path, prompts: int | None = None
+) -> dict[str, Any]:
+    """One run of vLLM's benchmark client; its result JSON."""
+    code = (
+        "import sys\n"
+        "from vllm.benchmarks.serve import add_cli_args, main\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "parser = FlexibleArgumentParser()\nadd_cli_args(parser)\n"
+        "main(parser.parse_args(sys.argv[1:]))\n"
+    )
+    args = [
+        "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
+        "--base-url", f"http://127.0.0.1:{port}", "--model", workload.served_name,
+        "--tokenizer", tokenizer, "--dataset-name", "random",
+        "--random-input-len", str(workload.input_len),
+        "--random-output-len", str(workload.output_len),
+        "--num-prompts", str(prompts or workload.prompts),
+        "--max-concurrency", str(workload.concurrency),
+        "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
+        "--save-result", "--result-dir", str(result.parent), "--result-filename", result.name,
+        "--disable-tqdm", "--seed", "0",
+    ]  # fmt: skip
+    subprocess.run([sys.executable, "-c", code, *args], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, env=base_env())  # fmt: skip
+    return json.loads(result.read_text())
+
+
+def run_workload(workload: Workload, rounds: int, logs: Path) -> dict[str, Any]:
+    plan = build_plan(app_env(workload)).models[0]
+    tokenizer = str(resolve_model(plan.model_name, revision=None, **plan.storage.model_dump()))
+    runs: dict[str, list[dict[str, Any]]] = {"vllm": [], "ours": []}
+    job_runs: list[dict[str, Any]] = []
+    for index in range(rounds):
+        for server, start in (("vllm", vllm_server), ("ours", our_server)):
+            port = free_port()
+            log = logs / f"{workload.name}-{server}-{index}.log"
+            print(f"[bench] {workload.name}: {server}, round {index + 1}/{rounds}", flush=True)
+            with start(workload, port, log):
+                # warm-up: one request per concurrent slot, results discarded
+                bench_client(workload, port, tokenizer, logs / "warmup.json", workload.concurrency)
+                result = bench_client(workload, port, tokenizer, logs / f"{log.stem}.json")
+                runs[server].append({m: result[m] for m in METRICS})
+                if server == "ours" and index == 0:
+                    job_runs.append(jobs.measure(f"http://127.0.0.1:{port}", workload))
+    medians = {
+        s: {m: statistics.median(r[m] for r in rs) for m in METRICS} for s, rs in runs.items()
+    }
+    return {"workload": vars(workload), "runs": runs, "medians": medians, "jobs": job_runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workloads", nargs="+", default=["overhead", "realistic"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    ns = parser.parse_args()
+    logs = CACHE / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    results = [run_workload(w, ns.rounds, logs) for w in workloads(ns.workloads)]
+    command = "python bench/run.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
+    report.write(results, ns.out, command=command, date=started)
+
+
+if __name__ == "__main__":
+    main()
