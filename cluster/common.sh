@@ -17,6 +17,10 @@ DASHBOARD_HOST="${DASHBOARD_HOST:-127.0.0.1}"
 SERVE_CONFIG="${SERVE_CONFIG:-$REPO_ROOT/serve_config.yaml}"
 DEPLOY_TIMEOUT_S="${DEPLOY_TIMEOUT_S:-1800}"  # model download + engine start can be slow
 
+# Ray's own settings this project chooses (e.g. RAY_SERVE_ENABLE_HA_PROXY=1: Serve's HAProxy
+# ingress), from configs/env_vars.yaml; values already in the environment win.
+eval "$(cd "$REPO_ROOT" && "$PYTHON" -m serve_app ray-env)"
+
 # Ray's token authentication stays on: every node and client needs the cluster's token,
 # in ~/.ray/auth_token or RAY_AUTH_TOKEN.
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"

@@ -5,6 +5,7 @@
   fetch [CONFIG]   only download / convert the model(s)
   docs             the environment-variable reference (README) from configs/env_vars.yaml
   runpod-config    RunPod's worker-config.json and .runpod/hub.json from the same schema
+  ray-env          `export` lines of the Ray settings to apply where Ray starts (cluster/)
 
 Configuration errors print one message listing every bad variable, and exit with code 2.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from .config.errors import ConfigError
+from .config.ray_env import apply_ray_env, shell_exports
 
 DEFAULT_CONFIG = "serve_config.yaml"
 IMPORT_PATH_PREFIX = "serve_app.app:"
@@ -92,9 +94,16 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         print("error: Ray Serve's `serve` command is not installed (make setup)", file=sys.stderr)
         return 1
     argv = [serve, "run", ns.config, *ns.serve_args]
-    print("$ " + " ".join(argv), flush=True)
+    applied = apply_ray_env(os.environ)  # for the Ray that `serve run` starts
+    settings = "".join(f"{name}={value} " for name, value in applied.items())
+    print("$ " + settings + " ".join(argv), flush=True)
     os.execv(serve, argv)
     return 0  # pragma: no cover
+
+
+def cmd_ray_env(ns: argparse.Namespace) -> int:
+    print(shell_exports(os.environ), end="")
+    return 0
 
 
 def cmd_docs(ns: argparse.Namespace) -> int:
@@ -140,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="update README.md")
     p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
     p.set_defaults(func=cmd_docs)
+    p = sub.add_parser("ray-env", help="`export` lines of the Ray settings (for cluster/)")
+    p.set_defaults(func=cmd_ray_env)
     p = sub.add_parser("runpod-config", help="worker-config.json and .runpod/hub.json")
     p.add_argument("--write", action="store_true", help="regenerate them (default: check)")
     p.set_defaults(func=cmd_runpod_config)

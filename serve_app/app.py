@@ -1,6 +1,8 @@
 """The Ray Serve application: `import_path: serve_app.app:build_app` in serve_config.yaml.
 
-client --HTTP--> Ingress (FastAPI) --DeploymentHandle--> LLM deployment(s) --> vLLM AsyncLLM
+One model:      client --HTTP--> LLM replica (FastAPI + vLLM AsyncLLM)      [ingress: llm]
+Several models: client --HTTP--> Ingress (FastAPI) --handle--> LLM replicas [ingress: router]
+RunPod jobs:    ingress --handle--> JobQueue --handle--> LLM replicas
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from .config.errors import ConfigError
 from .config.plan import AppPlan, ModelDeployment, build_plan
 from .ingress import Ingress
 from .jobs.queue import JobQueue
-from .llm_server import LLMServer
+from .llm_server import LLMIngressServer, LLMServer
 from .logs import get_logger
 from .placement import unplaceable
 
 logger = get_logger(__name__)
 
 LLMDeployment = serve.deployment(LLMServer)
+LLMIngressDeployment = serve.deployment(serve.ingress()(LLMIngressServer))
 # One replica: it holds the state of every job, for every ingress replica. Many runsync calls
 # wait inside it at once, so its concurrency limit is high; it does no heavy work itself.
 JobQueueDeployment = serve.deployment(
@@ -29,14 +32,15 @@ JobQueueDeployment = serve.deployment(
 )
 
 
-def llm_deployment(model: ModelDeployment) -> Application:
+def llm_deployment(model: ModelDeployment, deployment: Any = LLMDeployment, *args: Any) -> Any:
+    """The model's LLM deployment with its Serve options, bound to `model` (and `args`)."""
     options = model.serve.deployment_options()
     actor_options = dict(options.pop("ray_actor_options"))
     if model.env_vars:
         actor_options["runtime_env"] = {"env_vars": dict(model.env_vars)}
-    return LLMDeployment.options(
+    return deployment.options(
         name=model.deployment_name, ray_actor_options=actor_options, **options
-    ).bind(model)
+    ).bind(model, *args)
 
 
 def check_placement(plan: AppPlan) -> None:
@@ -59,13 +63,28 @@ def check_placement(plan: AppPlan) -> None:
         raise ConfigError(problems)
 
 
+def warn_without_haproxy() -> None:
+    from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
+
+    if not RAY_SERVE_ENABLE_HA_PROXY:
+        logger.warning(
+            "Ray was not started with RAY_SERVE_ENABLE_HA_PROXY=1: Serve's Python proxy "
+            "carries every request and costs about two thirds of the streaming throughput. "
+            "Start Ray with it (`make serve`, the container and cluster/ scripts do)."
+        )
+
+
 def build_from_plan(plan: AppPlan) -> Application:
     check_placement(plan)
+    warn_without_haproxy()
     for model in plan.models:
         for note in model.notes:
             logger.info("%s: %s", model.deployment_name, note)
+    jobs = JobQueueDeployment.bind(plan.jobs, [model.deployment_name for model in plan.models])
+    if plan.ingress.mode == "llm":
+        (model,) = plan.models
+        return llm_deployment(model, LLMIngressDeployment, plan.ingress, jobs)
     llms = {model.deployment_name: llm_deployment(model) for model in plan.models}
-    jobs = JobQueueDeployment.bind(plan.jobs, llms)
     return Ingress.options(num_replicas=plan.ingress.num_replicas).bind(plan.ingress, llms, jobs)
 
 

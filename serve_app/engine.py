@@ -21,15 +21,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import openai_errors
+from .admission import GenerationSlots, Overloaded
 from .config import vllm_args
 from .config.plan import ModelDeployment
 from .jobs import translate
 from .jobs.inputs import JobInput, parse_job_input
-from .jobs.translate import JobFailed, JobStarted, OpenAIError
+from .jobs.translate import JobFailed, JobStarted, OpenAIError, ReplicaBusy
 from .logs import get_logger
 from .model_files import resolve_model
 from .openai_conformance import conform
 from .placement import cpu_thread_binding
+from .streams import coalesce
 
 logger = get_logger(__name__)
 
@@ -110,6 +112,7 @@ class LLMEngine:
             "completions": state.openai_serving_completion.create_completion,
         }
         self._models = state.openai_serving_models
+        self._slots = GenerationSlots(model.serve.max_concurrency, model.serve.max_queued_requests)
 
     @classmethod
     async def start(cls, model: ModelDeployment) -> LLMEngine:
@@ -174,7 +177,19 @@ class LLMEngine:
         return engine, state
 
     async def openai(self, route: str, body: bytes) -> AsyncIterator[Head | bytes | str]:
-        """Serve one OpenAI request. Yields the head, then the body or the SSE chunks."""
+        """Serve one OpenAI request. Yields the head, then the body or the SSE chunks.
+
+        It waits for a generation slot first (serve_app/admission.py), or answers 503 at once
+        when this replica's waiting line is full."""
+        try:
+            async with self._slots.slot():
+                async for item in self._openai(route, body):
+                    yield item
+        except Overloaded as exc:
+            yield 503, False
+            yield openai_errors.error_body(503, f"Overloaded, retry shortly: {exc}")
+
+    async def _openai(self, route: str, body: bytes) -> AsyncIterator[Head | bytes | str]:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -186,6 +201,10 @@ class LLMEngine:
             message, param = _describe_validation_error(exc)
             yield 400, False
             yield openai_errors.error_body(400, message, param=param)
+            return
+        except Exception as exc:  # vLLM's own validators can fail on malformed input
+            yield 400, False
+            yield openai_errors.error_body(400, f"Invalid request: {type(exc).__name__}: {exc}")
             return
         try:
             result = await self._handlers[route](request, None)
@@ -210,6 +229,18 @@ class LLMEngine:
                     chunk = _conform_error_chunk(chunk)
                 yield chunk
 
+    async def openai_coalesced(self, route: str, body: bytes) -> AsyncIterator[Head | bytes | str]:
+        """`openai` for a caller in another process (the router ingress): SSE chunks produced
+        while the previous message was on its way travel together (streams.coalesce)."""
+        answer = self.openai(route, body)
+        head = await anext(answer)
+        yield head
+        if head[1]:
+            async for joined in coalesce(answer):
+                yield joined
+        else:
+            yield await anext(answer)
+
     def _error_from_exception(self, exc: Exception) -> tuple[int, dict[str, Any]]:
         from vllm.entrypoints.serve.exception_handling.error_response import (
             create_error_response,
@@ -226,24 +257,33 @@ class LLMEngine:
             logger.exception("request failed: %s", exc)
         return openai_errors.normalize_error(error.model_dump())
 
-    async def job(self, job_input: dict[str, Any]) -> AsyncIterator[Any]:
-        """A RunPod job: JobStarted, then worker-vllm's output items; JobFailed if it fails."""
+    async def job(self, job_input: dict[str, Any], wait: bool = True) -> AsyncIterator[Any]:
+        """A RunPod job: JobStarted, then worker-vllm's output items; JobFailed if it fails.
+
+        Without `wait`, a job that finds no free generation slot yields only ReplicaBusy."""
         try:
             job = parse_job_input(job_input)
         except ValueError as exc:
             yield JobFailed(str(exc))
             return
-        yield JobStarted(replica=_replica_id())
-        items = self._openai_job(job) if job.openai_route else self._standard_job(job)
+        if job.openai_route == "/v1/models":  # no generation: no slot needed
+            yield JobStarted(replica=_replica_id())
+            yield await self.models()
+            return
         try:
-            async for item in items:
-                yield item
+            async with self._slots.slot(wait=wait):
+                yield JobStarted(replica=_replica_id())
+                items = self._openai_job(job) if job.openai_route else self._standard_job(job)
+                async for item in items:
+                    yield item
+        except Overloaded:
+            yield ReplicaBusy()
         except OpenAIError as exc:
             yield JobFailed(str(exc), {"error": exc.error})
 
     async def _request(self, route: str, body: dict[str, Any]) -> tuple[Any, AsyncIterator[str]]:
         """Run an OpenAI request: (the response, None), or (None, its SSE chunks)."""
-        stream = self.openai(route, json.dumps(body).encode())
+        stream = self._openai(route, json.dumps(body).encode())  # the job holds the slot
         status, is_stream = await anext(stream)
         if is_stream:
             return None, stream
@@ -264,9 +304,6 @@ class LLMEngine:
             yield item
 
     async def _openai_job(self, job: JobInput) -> AsyncIterator[Any]:
-        if job.openai_route == "/v1/models":
-            yield await self.models()
-            return
         route = "chat" if job.openai_route == "/v1/chat/completions" else "completions"
         body = {"model": self.model.served_model_names[0], **(job.openai_input or {})}
         response, stream = await self._request(route, body)
@@ -288,6 +325,8 @@ class LLMEngine:
         return {
             "pid": os.getpid(),
             "unfinished_requests": self._engine.get_num_unfinished_requests(),
+            "running": self._slots.running,
+            "waiting": self._slots.waiting,
         }
 
     async def check_health(self) -> None:
@@ -307,6 +346,12 @@ def _describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
     )
 
     errors = exc.errors(include_url=False, include_input=False)
+    whole = [e for e in errors if not e.get("loc")]  # about the body itself, not a field
+    if whole and whole[0].get("type") == "json_invalid":
+        detail = str(whole[0].get("msg", "")).removeprefix("Invalid JSON: ")
+        return f"The request body is not valid JSON: {detail}", None
+    if whole and whole[0].get("type") in ("model_type", "dict_type"):
+        return "The request body must be a JSON object", None
     parts, param = [], None
     for error in errors[:10]:
         loc = clean_loc_for_param(tuple(error.get("loc", ())))

@@ -4,13 +4,28 @@ The deployment class is the engine class itself (no delegation on the token path
 by Serve's async constructor. Serve calls `check_health` periodically: a dead engine makes the
 replica unhealthy and Serve replaces it. A sidecar (engine_reaper) makes sure the engine's
 processes die with the replica, however it ends.
+
+With one model served, the LLM replicas are the application's HTTP ingress themselves
+(`LLMIngressServer`): Serve (HAProxy, or its proxy) sends each HTTP request straight to a
+replica, whose FastAPI app (serve_app/http_api.py) calls the engine in the same process, as
+`vllm serve` does. No deployment hop and no per-token message between processes. With several
+models, a router ingress (serve_app/ingress.py) calls these replicas through handles.
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response, StreamingResponse
+from ray.serve.handle import DeploymentHandle
+
 from . import engine_reaper
-from .config.plan import ModelDeployment
+from .config.plan import IngressOptions, ModelDeployment
 from .engine import LLMEngine
+from .http_api import SSE_HEADERS, Route, build_http_app
+from .replicas import deployment_states
 
 
 class LLMServer(LLMEngine):
@@ -21,8 +36,58 @@ class LLMServer(LLMEngine):
         super().__init__(model, *await self.boot(model))
 
     async def ready(self) -> bool:
-        """Answers once the replica runs: the ingress's probe while none does."""
+        """Answers once the replica runs: the router's probe while none does."""
         return True
 
     def __del__(self) -> None:
         self.shutdown()
+
+
+class EngineBackend:
+    """The OpenAI routes answered by the engine of this process (http_api.Backend)."""
+
+    def __init__(self, engine: LLMEngine):
+        self._engine = engine
+
+    async def openai(self, route: Route, body: bytes) -> Response:
+        answer = self._engine.openai(route, body)
+        status, is_stream = await anext(answer)
+        if not is_stream:
+            body_bytes = await anext(answer)
+            return Response(body_bytes, status_code=status, media_type="application/json")
+        # vLLM's SSE chunks, as its generator yields them; closing this response (the client
+        # went away) closes the generator, which aborts the request in the engine.
+        return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        return (await self._engine.models())["data"]
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy when this replica's engine is; with the deployment's replica count."""
+        name = self._engine.model.deployment_name
+        try:
+            states = await asyncio.to_thread(deployment_states, {name})
+        except Exception as exc:  # the controller is restarting: this replica still answers
+            states = {name: {"status": f"unknown ({type(exc).__name__})"}}
+        try:
+            await self._engine.check_health()
+        except Exception as exc:
+            return False, {"deployments": states, "error": f"engine unhealthy: {exc}"}
+        return True, {"deployments": states}
+
+
+class LLMIngressServer(LLMServer):
+    """An LLM replica that is also the application's HTTP ingress (one model served).
+
+    Wrap with `serve.ingress()`: Serve calls `__serve_build_asgi_app__` once the engine runs.
+    """
+
+    async def __init__(  # type: ignore[misc]
+        self, model: ModelDeployment, ingress: IngressOptions, jobs: DeploymentHandle
+    ):
+        await super().__init__(model)
+        self._ingress_options = ingress
+        self._jobs = jobs
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_http_app(self._ingress_options, EngineBackend(self), self._jobs)

@@ -21,7 +21,7 @@ from . import engine_reaper
 from .config.errors import ConfigError
 from .config.plan import ModelDeployment, build_plan
 from .engine import LLMEngine
-from .jobs.translate import JobFailed, JobStarted
+from .jobs.translate import JobFailed, JobStarted, ReplicaBusy
 from .logs import get_logger
 
 logger = get_logger(__name__)
@@ -50,11 +50,14 @@ class Worker:
                 # runpod turns an output's "error" into a FAILED job with that message
                 yield {"error": item.error}
                 return
+            if isinstance(item, ReplicaBusy):  # more jobs than MAX_CONCURRENCY + queue
+                yield {"error": "This worker is at capacity (MAX_QUEUED_REQUESTS); retry"}
+                return
             if not isinstance(item, JobStarted):
                 yield item
 
     def concurrency(self, current: int) -> int:
-        return self.model.serve.max_ongoing_requests
+        return self.model.serve.max_concurrency
 
 
 def main() -> None:

@@ -19,7 +19,12 @@ from typing import Any
 import psutil
 import pytest
 
+from serve_app.config.ray_env import apply_ray_env
 from tests.tiny_model import build_lora_adapter, build_tiny_model
+
+# Ray reads its settings (RAY_SERVE_ENABLE_HA_PROXY, ...) when it starts, and so does
+# ray.serve in this process: the tests run Ray as the project's launchers do.
+apply_ray_env(os.environ)
 
 APP_START_TIMEOUT_S = 600
 

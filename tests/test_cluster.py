@@ -55,6 +55,15 @@ def node_ports(first: int) -> dict[str, str]:
     return {**ports, "MIN_WORKER_PORT": str(first), "MAX_WORKER_PORT": str(first + 400)}
 
 
+def second_haproxy_ports() -> dict[str, str]:
+    """A second node on the same machine runs its own HAProxy: it needs ports of its own."""
+    return {
+        "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+
+
 class Cluster:
     def __init__(self, tmp: Path):
         self.tmp = tmp
@@ -113,7 +122,7 @@ def cluster(tmp_path_factory, tiny_tp_model):
         worker = cluster.run(
             "start-worker.sh", f"127.0.0.1:{cluster.ray_port}",
             "--num-cpus", "4", "--resources", json.dumps({"accelerator_type:TEST": 1}),
-            extra=node_ports(11500),
+            extra={**node_ports(11500), **second_haproxy_ports()},
         )  # fmt: skip
         assert worker.returncode == 0, worker.stderr
         cluster.settings = {

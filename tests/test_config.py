@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from serve_app.admission import CONTROL_HEADROOM
 from serve_app.config import vllm_args
 from serve_app.config.env import read_env
 from serve_app.config.errors import ConfigError
 from serve_app.config.plan import CPU_KV_CACHE_BYTES, build_plan
+from serve_app.config.ray_env import ray_env_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +37,8 @@ def test_defaults_serve_the_default_model_with_cpu_settings():
     assert args["dtype"] == "float32"
     assert args["enforce_eager"] is True
     assert args["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
-    assert model.serve.max_ongoing_requests == 300  # MAX_CONCURRENCY default
+    assert model.serve.max_concurrency == 300  # MAX_CONCURRENCY default
+    assert model.serve.max_queued_requests == 100  # MAX_QUEUED_REQUESTS default
 
 
 def test_gpu_plan_keeps_model_dtype_and_cuda_graphs():
@@ -173,6 +176,18 @@ def test_aliases_and_conflicts():
         read_env({"TOKENIZER_NAME": "a", "TOKENIZER": "b"})
 
 
+def test_ray_settings_come_from_where_ray_starts_not_from_the_config():
+    problems = problems_of({}, {"RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    assert problems == [
+        "args.RAY_SERVE_ENABLE_HA_PROXY: read by Ray when it starts, so it cannot come from "
+        "serve_config.yaml: set it in the environment that starts Ray"
+    ]
+    assert ray_env_defaults({}) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    assert ray_env_defaults({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}  # the user's value wins
+    result = run_cli("ray-env", env={"RAY_SERVE_ENABLE_HA_PROXY": ""})
+    assert result.stdout == "export RAY_SERVE_ENABLE_HA_PROXY=1\n"
+
+
 def test_args_override_env_and_are_checked():
     model = plan_of({"MAX_MODEL_LEN": "1024"}, {"MAX_MODEL_LEN": 2048}).models[0]
     assert model.vllm_args["max_model_len"] == 2048
@@ -208,9 +223,10 @@ def test_lora_modules_default_to_the_served_model_as_base():
     assert (module.name, module.path, module.base_model_name) == ("sql", "/adapters/sql", "base")
 
 
-def test_deployment_options_follow_max_concurrency():
-    options = plan_of({"MAX_CONCURRENCY": "64"}).models[0].serve.deployment_options()
-    assert options["max_ongoing_requests"] == 64
+def test_serve_admits_generations_and_their_line_plus_room_for_short_requests():
+    env = {"MAX_CONCURRENCY": "64", "MAX_QUEUED_REQUESTS": "10"}
+    options = plan_of(env).models[0].serve.deployment_options()
+    assert options["max_ongoing_requests"] == 64 + 10 + CONTROL_HEADROOM
     assert options["ray_actor_options"] == {"num_cpus": 1.0}
 
 
@@ -234,12 +250,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_plan_command_prints_the_deployments_as_json():
-    result = run_cli("plan", env={"MAX_MODEL_LEN": "1024", "MAX_CONCURRENCY": "7"})
+    result = run_cli(
+        "plan", env={"MAX_MODEL_LEN": "1024", "MAX_CONCURRENCY": "7", "MAX_QUEUED_REQUESTS": "3"}
+    )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)["applications"]["llm"]
     (model,) = plan["models"]
     assert model["vllm_args"]["max_model_len"] == 1024
-    assert model["serve"]["max_ongoing_requests"] == 7
+    assert model["serve"]["max_concurrency"] == 7
+    assert model["serve"]["max_ongoing_requests"] == 7 + 3 + CONTROL_HEADROOM
+    assert model["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert plan["ingress"]["mode"] == "llm"
     assert model["serve"]["placement"]["ray_actor_options"] == {"num_cpus": 1.0}
     assert "--max-model-len" in model["vllm_argv"]
     assert plan["ingress"]["models"]["routes"] == {"HuggingFaceTB/SmolLM2-135M-Instruct": "LLM"}
@@ -304,6 +325,7 @@ def test_several_models_become_several_deployments_routed_by_name():
     assert [m.deployment_name for m in plan.models] == ["LLM-org-a", "LLM-b"]
     assert plan.ingress.models.routes == {"org/a": "LLM-org-a", "a-sql": "LLM-org-a", "b": "LLM-b"}
     assert plan.ingress.models.default_deployment is None  # requests must name their model
+    assert plan.ingress.mode == "router"  # one HTTP ingress routes to both by `model`
     assert all(m.vllm_args["max_model_len"] == 1024 for m in plan.models)  # shared settings
     assert plan.models[1].serve.autoscaling.max_replicas == 3
     assert (

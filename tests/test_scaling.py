@@ -1,5 +1,6 @@
-"""Scaling end to end: two models behind one ingress, one autoscaled 1 -> 2 -> 1 by load, one
-scaled from zero — all read from Serve's own status, on the real engine on CPU."""
+"""Scaling end to end: two models behind one router ingress (two replicas), one autoscaled
+1 -> 2 -> 1 by load, one scaled from zero — all read from Serve's own status, on the real
+engine on CPU."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ LONG = {"max_tokens": 30000, "temperature": 0, "ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def app(serve_cluster, tiny_model: Path, tiny_tp_model: Path, tmp_path_factory):
-    env = {"BASE_PATH": str(tmp_path_factory.mktemp("base")), "DISABLE_LOG_STATS": "1"}
+    env = {
+        "BASE_PATH": str(tmp_path_factory.mktemp("base")),
+        "DISABLE_LOG_STATS": "1",
+        "INGRESS_REPLICAS": "2",
+    }
     args = {
         "models": [
             {
@@ -64,6 +69,18 @@ def test_both_models_are_listed_and_requests_must_name_one(app):
         client.completions.create(model=None, prompt="hi", max_tokens=2)  # type: ignore[arg-type]
     reply = client.completions.create(model="tiny-a", prompt="hi", max_tokens=3)
     assert reply.model == "tiny-a" and reply.usage.completion_tokens <= 3
+
+
+def test_job_state_is_shared_by_every_ingress_replica(app):
+    assert app.plan.ingress.mode == "router"
+    ingress = serve.status().applications[app.name].deployments["Ingress"]
+    assert ingress.replica_states.get("RUNNING") == 2
+    url = f"{app.base_url}/v2/shared/"
+    body = {"input": {"model": "tiny-a", "prompt": "x", "sampling_params": {"max_tokens": 2}}}
+    job_id = requests.post(url + "run", json=body, timeout=30).json()["id"]
+    # HAProxy spreads these over both ingress replicas; every one must know the job.
+    for _ in range(20):
+        assert requests.get(url + f"status/{job_id}", timeout=30).json()["id"] == job_id
 
 
 def test_a_model_scaled_to_zero_starts_on_demand_and_scales_back(app):

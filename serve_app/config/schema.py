@@ -27,19 +27,22 @@ class Target(BaseModel):
     app: bool = False
     alias: str | None = None
     ignored: str | None = None
+    ray: bool = False
 
     @model_validator(mode="before")
     @classmethod
     def _from_yaml(cls, data: Any) -> Any:
-        if data == "app":
-            return {"app": True}
+        if data in ("app", "ray"):
+            return {data: True}
         return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Target:
         chosen = [k for k, v in self.model_dump().items() if v]
         if len(chosen) != 1:
-            raise ValueError(f"a target sets one of vllm/vllm_negated/app/alias/ignored: {chosen}")
+            raise ValueError(
+                f"a target sets one of vllm/vllm_negated/app/alias/ignored/ray: {chosen}"
+            )
         return self
 
     @property

@@ -1,11 +1,12 @@
 """The job queue: RunPod's job lifecycle, shared by every ingress replica.
 
 A single-replica Serve deployment holds every job's state, so /status, /stream and /cancel
-answer the same from any ingress replica. Each job runs as a task that streams the job from an
-LLM deployment through a DeploymentHandle; Serve's own routing and queueing place it, so an LLM
-replica runs at most MAX_CONCURRENCY (its max_ongoing_requests) at once and the rest wait,
-reported IN_QUEUE until a replica starts them. The queue's waiting requests are what Serve's
-autoscaler sees.
+answer the same from any ingress replica (LLM replicas, or routers with several models). Each
+job runs as a task that streams the job from an LLM deployment through a DeploymentHandle;
+Serve's routing places it on the least busy replica, which runs at most MAX_CONCURRENCY
+generations at once (serve_app/admission.py). A job that finds no free slot waits here,
+IN_QUEUE, and is offered again when a job ends: waiting jobs go to whichever replica has room,
+a replica that just started too. A saturated replica is above its autoscaling target.
 
 A job always ends: COMPLETED, FAILED (with the reason, also when its replica or engine dies),
 CANCELLED or TIMED_OUT. Finished jobs are dropped after JOB_RETENTION_S.
@@ -14,7 +15,9 @@ CANCELLED or TIMED_OUT. Finished jobs are dropped after JOB_RETENTION_S.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,8 +30,9 @@ from ray.serve.handle import DeploymentHandle
 
 from ..config.plan import JobQueueOptions, UnknownModelError
 from ..logs import get_logger
+from ..replicas import replica_counts
 from .inputs import parse_job_input
-from .translate import JobFailed, JobStarted
+from .translate import JobFailed, JobStarted, ReplicaBusy
 
 logger = get_logger(__name__)
 
@@ -36,6 +40,25 @@ IN_QUEUE, IN_PROGRESS = "IN_QUEUE", "IN_PROGRESS"
 COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
 FINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 SWEEP_INTERVAL_S = 10.0
+# A job refused by a full replica (ReplicaBusy) is offered again when a job of its deployment
+# ends, or after this long (doubling up to the max: requests outside jobs free slots too).
+BUSY_RETRY_S = 0.05
+BUSY_RETRY_MAX_S = 1.0
+
+
+class Signal:
+    """Wakes every waiter when notified (or each after its own timeout)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout_s)
 
 
 @dataclass
@@ -90,9 +113,11 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, options: JobQueueOptions, llms: dict[str, DeploymentHandle]):
+    def __init__(self, options: JobQueueOptions, deployments: list[str]):
         self._options = options
-        self._llms = llms
+        self._deployments = deployments
+        self._handles: dict[str, DeploymentHandle] = {}
+        self._capacity: dict[str, Signal] = collections.defaultdict(Signal)
         self._jobs: dict[str, Job] = {}
         self._sweeper: asyncio.Task | None = None
 
@@ -169,7 +194,7 @@ class JobQueue:
         counts = dict.fromkeys((COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, CANCELLED, TIMED_OUT), 0)
         for job in self._jobs.values():
             counts[job.status] += 1
-        replicas = await asyncio.to_thread(_replica_counts, set(self._llms))
+        replicas = await asyncio.to_thread(replica_counts, set(self._deployments))
         busy = len({j.replica for j in self._jobs.values() if j.status == IN_PROGRESS})
         running = min(busy, replicas["ready"])
         return {
@@ -191,30 +216,53 @@ class JobQueue:
         }
 
     # ------------------------------------------------------------------ running jobs
+    def _handle(self, deployment: str) -> DeploymentHandle:
+        """The LLM deployment's handle, looked up by name: with one model served, the LLM
+        deployment is the application's ingress and holds this queue's handle, so the queue
+        cannot be bound to it in turn."""
+        if deployment not in self._handles:
+            app_name = serve.get_replica_context().app_name
+            self._handles[deployment] = serve.get_deployment_handle(deployment, app_name)
+        return self._handles[deployment]
+
     async def _run(self, job: Job, deployment: str) -> None:
-        call = self._llms[deployment].options(stream=True).job.remote(job.input)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + job.ttl_s if job.ttl_s else None
+        call = None
         try:
             async with asyncio.timeout_at(deadline) as scope:
-                async for item in call:
-                    if isinstance(item, JobStarted):
-                        job.start(item.replica)
-                        if job.execution_timeout_s:
-                            end = loop.time() + job.execution_timeout_s
-                            scope.reschedule(min(end, deadline) if deadline else end)
-                    elif isinstance(item, JobFailed):
-                        job.finish(FAILED, item.error, item.output)
+                for attempt in itertools.count():
+                    handle = self._handle(deployment).options(stream=True)
+                    call = handle.job.remote(job.input, wait=False)
+                    async for item in call:
+                        if isinstance(item, JobStarted):
+                            job.start(item.replica)
+                            if job.execution_timeout_s:
+                                end = loop.time() + job.execution_timeout_s
+                                scope.reschedule(min(end, deadline) if deadline else end)
+                        elif isinstance(item, ReplicaBusy):
+                            break
+                        elif isinstance(item, JobFailed):
+                            job.finish(FAILED, item.error, item.output)
+                        else:
+                            job.outputs.append(item)
+                            job.unread.append(item)
                     else:
-                        job.outputs.append(item)
-                        job.unread.append(item)
+                        break  # the job ran
+                    # No free slot on the replica Serve chose: the job stays IN_QUEUE here and
+                    # is offered again when a job of this deployment ends (or after a while).
+                    await self._capacity[deployment].wait(
+                        min(BUSY_RETRY_MAX_S, BUSY_RETRY_S * 2**attempt)
+                    )
             job.finish(COMPLETED)
         except TimeoutError:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             limit = "executionTimeout" if job.status == IN_PROGRESS else "ttl"
             job.finish(TIMED_OUT, f"Job exceeded its {limit}")
         except asyncio.CancelledError:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             job.finish(CANCELLED, "Cancelled by request")
         except RayActorError as exc:
             job.finish(FAILED, f"The LLM replica running this job died: {_first_line(exc)}")
@@ -223,6 +271,8 @@ class JobQueue:
         except Exception as exc:
             logger.exception("job %s failed", job.id)
             job.finish(FAILED, f"{type(exc).__name__}: {_first_line(exc)}")
+        if job.started is not None:
+            self._capacity[deployment].notify()
         if job.status != COMPLETED:
             logger.info("job %s ended %s: %s", job.id, job.status, job.error)
 
@@ -245,19 +295,3 @@ class JobQueue:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _replica_counts(names: set[str]) -> dict[str, int]:
-    """Ready, starting and unhealthy replicas of the named deployments of this application."""
-    counts = {"ready": 0, "initializing": 0, "unhealthy": 0}
-    try:
-        app = serve.status().applications.get(serve.get_replica_context().app_name)
-    except Exception:
-        return counts
-    for name, deployment in (app.deployments if app else {}).items():
-        if name in names:
-            states = deployment.replica_states
-            counts["ready"] += states.get("RUNNING", 0)
-            counts["initializing"] += states.get("STARTING", 0) + states.get("PENDING_MIGRATION", 0)
-            counts["unhealthy"] += states.get("UNHEALTHY", 0)
-    return counts

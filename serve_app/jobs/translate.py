@@ -31,6 +31,12 @@ class JobStarted:
 
 
 @dataclass(frozen=True)
+class ReplicaBusy:
+    """Only item of a job the replica could not take (its waiting line is full): the job
+    stays IN_QUEUE and the queue offers it again."""
+
+
+@dataclass(frozen=True)
 class JobFailed:
     """Last item of a failed job: the reason, and the OpenAI error body if there is one."""
 
