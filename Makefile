@@ -11,15 +11,21 @@ CONFIG ?= serve_config.yaml
 
 setup: $(STAMP)
 
-# Re-runs only when the pins (pyproject.toml) or this recipe change.
-$(STAMP): pyproject.toml Makefile
-	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+# Install the project with the given extras, then fix what pip's resolution gets wrong
+# (pyproject.toml [tool.ray-vllm-worker]): every install of the cpu extra must do both.
+define install
+	$(PY) -m pip install --quiet -e ".[$(1)]"
 	@$(PY) -c 'import tomllib; c = tomllib.load(open("pyproject.toml", "rb"))["tool"]["ray-vllm-worker"]; print(" ".join(c["uninstall-after-cpu-install"]))' \
 		| xargs $(PY) -m pip uninstall --quiet --yes 2>/dev/null || true
 	@$(PY) -c 'import tomllib; c = tomllib.load(open("pyproject.toml", "rb"))["tool"]["ray-vllm-worker"]; print(" ".join(c["install-without-deps"]))' \
 		| xargs $(PY) -m pip install --quiet --no-deps
+endef
+
+# Re-runs only when the pins (pyproject.toml) or this recipe change.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(call install,$(EXTRAS))
 	@touch $@
 	@echo "setup complete: $(VENV)"
 
@@ -37,7 +43,7 @@ lint: setup
 
 # Side-by-side benchmark against vLLM's own server (about 15 minutes); see docs/benchmarks/.
 bench: setup
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
+	$(call install,$(EXTRAS),bench)
 	$(PY) bench/run.py
 
 plan: setup

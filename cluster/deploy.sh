@@ -12,8 +12,9 @@ source "$(dirname "$0")/common.sh"
 CONFIG="${1:-$SERVE_CONFIG}"
 ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
 "$PYTHON" -m serve_app plan "$CONFIG" >/dev/null
+LAUNCH_CONFIG="$("$PYTHON" -m serve_app launch-config "$CONFIG")"  # HOST/PORT applied
 log "deploying $CONFIG to $ADDRESS"
-"$SERVE" deploy "$CONFIG" --address "$ADDRESS"
+"$SERVE" deploy "$LAUNCH_CONFIG" --address "$ADDRESS"
 
 deadline=$((SECONDS + DEPLOY_TIMEOUT_S))
 while ((SECONDS < deadline)); do

@@ -6,6 +6,7 @@
   docs             the environment-variable reference (README) from configs/env_vars.yaml
   runpod-config    RunPod's worker-config.json and .runpod/hub.json from the same schema
   ray-env          `export` lines of the Ray settings to apply where Ray starts (cluster/)
+  launch-config    the Serve config to start with: CONFIG, or a copy with HOST/PORT applied
 
 Configuration errors print one message listing every bad variable, and exit with code 2.
 """
@@ -17,13 +18,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .config.errors import ConfigError
-from .config.ray_env import apply_ray_env, shell_exports
+from .config.ray_env import apply_ray_env, serve_config_for, shell_exports
 
 DEFAULT_CONFIG = "serve_config.yaml"
 IMPORT_PATH_PREFIX = "serve_app.app:"
@@ -93,12 +95,31 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if serve is None:
         print("error: Ray Serve's `serve` command is not installed (make setup)", file=sys.stderr)
         return 1
-    argv = [serve, "run", ns.config, *ns.serve_args]
+    argv = [serve, "run", write_launch_config(ns.config), *ns.serve_args]
     applied = apply_ray_env(os.environ)  # for the Ray that `serve run` starts
     settings = "".join(f"{name}={value} " for name, value in applied.items())
     print("$ " + settings + " ".join(argv), flush=True)
     os.execv(serve, argv)
     return 0  # pragma: no cover
+
+
+def write_launch_config(config_path: str) -> str:
+    """The config to start Serve with: as given, or a copy with HOST/PORT as HTTP options."""
+    config = yaml.safe_load(Path(config_path).read_text()) or {}
+    launch = serve_config_for(config, os.environ)
+    if launch == config:
+        return config_path
+    handle, path = tempfile.mkstemp(prefix="serve_config-", suffix=".yaml")
+    with os.fdopen(handle, "w") as f:
+        yaml.safe_dump(launch, f, sort_keys=False)
+    http = launch["http_options"]
+    print(f"HTTP endpoint: {http.get('host')}:{http.get('port')} (HOST/PORT)", file=sys.stderr)
+    return path
+
+
+def cmd_launch_config(ns: argparse.Namespace) -> int:
+    print(write_launch_config(ns.config))
+    return 0
 
 
 def cmd_ray_env(ns: argparse.Namespace) -> int:
@@ -151,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_docs)
     p = sub.add_parser("ray-env", help="`export` lines of the Ray settings (for cluster/)")
     p.set_defaults(func=cmd_ray_env)
+    p = sub.add_parser(
+        "launch-config", help="path of the Serve config to start with (HOST/PORT applied)"
+    )
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="Ray Serve config file")
+    p.set_defaults(func=cmd_launch_config)
     p = sub.add_parser("runpod-config", help="worker-config.json and .runpod/hub.json")
     p.add_argument("--write", action="store_true", help="regenerate them (default: check)")
     p.set_defaults(func=cmd_runpod_config)

@@ -206,6 +206,10 @@ class LLMEngine:
             yield 400, False
             yield openai_errors.error_body(400, f"Invalid request: {type(exc).__name__}: {exc}")
             return
+        if route == "chat" and (problem := _unknown_role(request.messages)):
+            yield 400, False
+            yield openai_errors.error_body(400, problem, param="messages")
+            return
         try:
             result = await self._handlers[route](request, None)
         except Exception as exc:  # vLLM raises for some bad requests (e.g. too long prompt)
@@ -337,6 +341,22 @@ class LLMEngine:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
+
+
+# OpenAI's message roles. vLLM would pass any other role to the chat template, which most
+# templates render as if it were valid, so a typo'd role silently changes the prompt.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def _unknown_role(messages: list[Any]) -> str | None:
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in CHAT_ROLES:
+            return (
+                f"messages[{index}].role: {role!r} is not a valid role; expected one of "
+                + ", ".join(CHAT_ROLES)
+            )
+    return None
 
 
 def _describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:

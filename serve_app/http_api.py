@@ -54,9 +54,20 @@ class Backend(Protocol):
         """(healthy, details) for GET /health."""
 
 
+def _retry_after(status: int) -> dict[str, str] | None:
+    """Overload and unavailability answers say when to retry (the OpenAI SDK honours it)."""
+    return {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+
+
 def error_response(status: int, body: dict[str, Any]) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=_retry_after(status))
+
+
+def serialized_json(body: bytes, status: int) -> Response:
+    """An answer the engine already serialized, passed through as is."""
+    return Response(
+        body, status_code=status, media_type="application/json", headers=_retry_after(status)
+    )
 
 
 def openai_error(status: int, message: str, **kwargs: Any) -> JSONResponse:
@@ -99,11 +110,47 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         message = "Missing or invalid API key: send `Authorization: Bearer <API_KEY>`"
-        if is_openai_path(scope["path"]):
-            response = openai_error(401, message)
-        else:
-            response = runpod_error(401, message)
-        await response(scope, receive, send)
+        await _error_for_path(scope["path"], 401, message)(scope, receive, send)
+
+
+def _error_for_path(path: str, status: int, message: str) -> JSONResponse:
+    return runpod_error(status, message) if is_runpod_path(path) else openai_error(status, message)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body is larger than MAX_REQUEST_BYTES ({limit} bytes)")
+
+
+class BodyLimitMiddleware:
+    """Bodies over MAX_REQUEST_BYTES get 413: at once when Content-Length says so, else as
+    soon as that much has arrived (the route's error handler answers it)."""
+
+    def __init__(self, asgi_app: Any, limit: int):
+        self.app = asgi_app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            error = BodyTooLarge(self.limit)
+            await _error_for_path(scope["path"], 413, error.detail)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHandle) -> FastAPI:
@@ -112,6 +159,8 @@ def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHa
         title="ray-vllm-worker",
         description="OpenAI- and RunPod-compatible LLM serving on Ray Serve and vLLM",
     )
+    # Added last, runs first: the API key is checked before the body is read.
+    app.add_middleware(BodyLimitMiddleware, limit=options.max_request_bytes)
     if options.api_key_sha256:
         app.add_middleware(ApiKeyMiddleware, expected_sha256=options.api_key_sha256)
     _add_error_handlers(app)
@@ -208,6 +257,8 @@ def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHa
     async def runpod_health(endpoint_id: str) -> Any:
         return await job_call(endpoint_id, "health")
 
+    app.openapi = lambda: _openapi_with_request_bodies(app)  # type: ignore[method-assign]
+
     # ---------------------------------------------------------------- health
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -218,6 +269,63 @@ def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHa
     return app
 
 
+def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI description, with the request bodies the routes read themselves (raw, to
+    keep pydantic off the token path): vLLM's request models for the OpenAI routes, worker-
+    vllm's job input for RunPod's /run and /runsync. Built on first request (imports vLLM)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+    from pydantic.json_schema import models_json_schema
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    from .jobs.inputs import JobInput
+
+    models = [ChatCompletionRequest, CompletionRequest, JobInput]
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
+    )
+    schema = get_openapi(
+        title=app.title, version="1", description=app.description, routes=app.routes
+    )
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+
+    def ref(model: type) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    job = {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": ref(JobInput),
+            "policy": {
+                "type": "object",
+                "properties": {
+                    "executionTimeout": {"type": "integer", "minimum": 1},
+                    "ttl": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+    }
+    bodies = {
+        "/chat/completions": ref(ChatCompletionRequest),
+        "/completions": ref(CompletionRequest),
+        "/run": job,
+        "/runsync": job,
+    }
+    for path, item in schema["paths"].items():
+        for suffix, body in bodies.items():  # "/chat/completions" before "/completions"
+            if path.endswith(suffix) and "post" in item:
+                item["post"]["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": body}},
+                }
+                break
+    app.openapi_schema = schema
+    return schema
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -226,18 +334,14 @@ def _add_error_handlers(app: FastAPI) -> None:
             message = f"Unknown route: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
-        if is_runpod_path(request.url.path):
-            return runpod_error(exc.status_code, message)
-        return openai_error(exc.status_code, message)
+        return _error_for_path(request.url.path, exc.status_code, message)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         """A bug, not bad input: logged with its traceback, answered without it."""
         logger.exception("%s %s failed", request.method, request.url.path)
         message = f"Internal error while serving the request ({type(exc).__name__})"
-        if is_runpod_path(request.url.path):
-            return runpod_error(500, message)
-        return openai_error(500, message)
+        return _error_for_path(request.url.path, 500, message)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

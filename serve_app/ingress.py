@@ -32,7 +32,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from . import openai_errors
 from .config.plan import IngressOptions, UnknownModelError
-from .http_api import SSE_HEADERS, Route, build_http_app, openai_error
+from .http_api import SSE_HEADERS, Route, build_http_app, openai_error, serialized_json
 from .logs import get_logger
 from .replicas import deployment_states
 
@@ -146,9 +146,7 @@ class Ingress:
         try:
             status, is_stream = await stream.__anext__()
             if not is_stream:
-                return Response(
-                    await stream.__anext__(), status_code=status, media_type="application/json"
-                )
+                return serialized_json(await stream.__anext__(), status)
         except BaseException as exc:
             stream.cancel()
             return self._dispatch_error(exc, deployment)

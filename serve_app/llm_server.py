@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from . import engine_reaper
 from .config.plan import IngressOptions, ModelDeployment
 from .engine import LLMEngine
-from .http_api import SSE_HEADERS, Route, build_http_app
+from .http_api import SSE_HEADERS, Route, build_http_app, serialized_json
 from .replicas import deployment_states
 
 
@@ -53,8 +53,7 @@ class EngineBackend:
         answer = self._engine.openai(route, body)
         status, is_stream = await anext(answer)
         if not is_stream:
-            body_bytes = await anext(answer)
-            return Response(body_bytes, status_code=status, media_type="application/json")
+            return serialized_json(await anext(answer), status)
         # vLLM's SSE chunks, as its generator yields them; closing this response (the client
         # went away) closes the generator, which aborts the request in the engine.
         return StreamingResponse(answer, media_type="text/event-stream", headers=SSE_HEADERS)

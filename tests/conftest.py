@@ -25,6 +25,9 @@ from tests.tiny_model import build_lora_adapter, build_tiny_model
 # Ray reads its settings (RAY_SERVE_ENABLE_HA_PROXY, ...) when it starts, and so does
 # ray.serve in this process: the tests run Ray as the project's launchers do.
 apply_ray_env(os.environ)
+# An ingress replica that stops waits this long for HAProxy to stop routing to it (30 s by
+# default): each test cluster tears down its apps, and scaling tests remove replicas.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 APP_START_TIMEOUT_S = 600
 
@@ -134,13 +137,19 @@ def wait_until_running(app_name: str, timeout: float = APP_START_TIMEOUT_S) -> N
     raise TimeoutError(f"{app_name} not running after {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def serve_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
-    """A fresh Ray cluster (8 logical CPUs) with Serve on a free port; stopped afterwards."""
+@contextlib.contextmanager
+def running_serve_cluster(environ: dict[str, str] | None = None) -> Iterator[ServeCluster]:
+    """A fresh Ray cluster (8 logical CPUs) with Serve on a free port; stopped afterwards.
+
+    `environ` is added to this process's environment while the cluster runs: Ray's processes
+    (replicas, engines) inherit it, as on a machine whose environment holds those variables.
+    """
     import ray
     from ray import serve
 
     before = {p.pid for p in descendants()}
+    saved = {name: os.environ.get(name) for name in environ or {}}
+    os.environ.update(environ or {})
     port = free_port()
     ray.init(
         num_cpus=8,
@@ -156,3 +165,14 @@ def serve_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeClu
             serve.shutdown()
         ray.shutdown()
         stop_processes(started)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def serve_cluster() -> Iterator[ServeCluster]:
+    with running_serve_cluster() as cluster:
+        yield cluster

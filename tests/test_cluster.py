@@ -72,6 +72,8 @@ class Cluster:
             **{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MODEL_"))},
             "RAY_PORT": str(self.ray_port),
             "DASHBOARD_PORT": str(self.dashboard_port),
+            # replaced or deleted ingress replicas drain for 2 s, not 30 (tests/conftest.py)
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
         }
 
     def run(self, script: str, *args: str, extra: dict | None = None, timeout: float = 900):

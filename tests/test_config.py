@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from serve_app.admission import CONTROL_HEADROOM
 from serve_app.config import vllm_args
 from serve_app.config.env import read_env
 from serve_app.config.errors import ConfigError
 from serve_app.config.plan import CPU_KV_CACHE_BYTES, build_plan
-from serve_app.config.ray_env import ray_env_defaults
+from serve_app.config.ray_env import ray_env_defaults, serve_config_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,10 +183,36 @@ def test_ray_settings_come_from_where_ray_starts_not_from_the_config():
         "args.RAY_SERVE_ENABLE_HA_PROXY: read by Ray when it starts, so it cannot come from "
         "serve_config.yaml: set it in the environment that starts Ray"
     ]
-    assert ray_env_defaults({}) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-    assert ray_env_defaults({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}  # the user's value wins
-    result = run_cli("ray-env", env={"RAY_SERVE_ENABLE_HA_PROXY": ""})
-    assert result.stdout == "export RAY_SERVE_ENABLE_HA_PROXY=1\n"
+    defaults = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
+    assert ray_env_defaults({}) == defaults
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray_env_defaults({"RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    result = run_cli("ray-env", env=dict.fromkeys(defaults, ""))
+    assert result.stdout == "".join(f"export {k}={v}\n" for k, v in defaults.items())
+
+
+def test_host_and_port_become_the_http_options_serve_starts_with(tmp_path):
+    config = {"http_options": {"host": "0.0.0.0", "port": 8000}, "applications": []}
+    assert serve_config_for(config, {}) == config
+    launch = serve_config_for(config, {"HOST": "127.0.0.1", "PORT": "9001"})
+    assert launch["http_options"] == {"host": "127.0.0.1", "port": 9001}
+    assert problems_of({}, {"PORT": 9001})[0].startswith("args.PORT: read by Ray when it starts")
+    result = run_cli("launch-config", env={"PORT": "9002", "HOST": ""})
+    path = Path(result.stdout.strip())
+    assert path != ROOT / "serve_config.yaml"
+    assert yaml.safe_load(path.read_text())["http_options"] == {"host": "0.0.0.0", "port": 9002}
+    path.unlink()
+    assert (
+        run_cli("launch-config", env={"PORT": "", "HOST": ""})
+        .stdout.strip()
+        .endswith("serve_config.yaml")
+    )
+
+
+def test_request_logging_follows_worker_vllm_defaults_and_variables():
+    assert plan_of({}).models[0].vllm_args["enable_log_requests"] is True  # worker-vllm logs
+    quiet = plan_of({"DISABLE_LOG_REQUESTS": "1", "MAX_LOG_LEN": "100"}).models[0].vllm_args
+    assert quiet["enable_log_requests"] is False
+    assert quiet["max_log_len"] == 100
 
 
 def test_args_override_env_and_are_checked():

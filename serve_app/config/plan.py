@@ -186,6 +186,7 @@ class IngressOptions(BaseModel):
     replica_wait_timeout_s: float
     runsync_timeout_s: float
     endpoint_id: str | None
+    max_request_bytes: int
     # SHA-256 of API_KEY: the key itself is never stored in Serve's config; not in plan output.
     api_key_sha256: str | None = Field(default=None, exclude=True, repr=False)
 
@@ -234,6 +235,8 @@ def _vllm_options(
         if dest is None:
             continue
         value = values[var.name]
+        if var.target.vllm_negated and value is not None:
+            value = not value
         if not values.is_set(var.name):
             # Unset: pass the schema's default only where it differs from vLLM's own.
             if "." in dest:
@@ -241,7 +244,7 @@ def _vllm_options(
             default = vllm_args.parser_default(dest)
             if value is None or value == default or (default is None and value is False):
                 continue
-        options[dest] = (not value) if var.target.vllm_negated else value
+        options[dest] = value
 
     model = values["MODEL_NAME"]
     options = {"model": model, **options}
@@ -510,6 +513,7 @@ def build_plan(
             replica_wait_timeout_s=common["REPLICA_WAIT_TIMEOUT_S"],
             runsync_timeout_s=common["RUNSYNC_TIMEOUT_S"],
             endpoint_id=common["RUNPOD_ENDPOINT_ID"],
+            max_request_bytes=common["MAX_REQUEST_BYTES"],
             api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
         ),
         jobs=JobQueueOptions(models=model_routes, retention_s=common["JOB_RETENTION_S"]),

@@ -1,9 +1,10 @@
-"""Ray's own settings that this project chooses (schema variables with `target: ray`).
+"""Settings read when Ray and Serve start (schema variables with `target: ray`).
 
-Ray reads them when its processes start, so they cannot come from the application's config:
-whatever starts Ray applies them first (`python -m serve_app serve`, the container, the
-`cluster/` scripts through `python -m serve_app ray-env`, the tests). A value already in the
-environment wins.
+Ray's own (RAY_SERVE_ENABLE_HA_PROXY, ...) are read by its processes when they start, so they
+cannot come from the application's config: whatever starts Ray applies them first (`python -m
+serve_app serve`, the container, the `cluster/` scripts through `python -m serve_app
+ray-env`, the tests). A value already in the environment wins. HOST and PORT become Serve's
+HTTP options in the Serve config those launchers run (`serve_config_for`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
+from .env import read_env
 from .schema import load_schema
 
 
@@ -42,3 +45,14 @@ def shell_exports(environ: Mapping[str, str]) -> str:
     return "".join(
         f"export {name}={shlex.quote(value)}\n" for name, value in ray_env_defaults(environ).items()
     )
+
+
+def serve_config_for(config: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The Serve config with HOST and PORT (when set) as its HTTP options."""
+    values = read_env(environ)
+    http = dict(config.get("http_options") or {})
+    if values["HOST"] is not None:
+        http["host"] = values["HOST"]
+    if values["PORT"] is not None:
+        http["port"] = values["PORT"]
+    return {**config, "http_options": http} if http else dict(config)

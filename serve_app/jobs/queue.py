@@ -5,8 +5,9 @@ answer the same from any ingress replica (LLM replicas, or routers with several 
 job runs as a task that streams the job from an LLM deployment through a DeploymentHandle;
 Serve's routing places it on the least busy replica, which runs at most MAX_CONCURRENCY
 generations at once (serve_app/admission.py). A job that finds no free slot waits here,
-IN_QUEUE, and is offered again when a job ends: waiting jobs go to whichever replica has room,
-a replica that just started too. A saturated replica is above its autoscaling target.
+IN_QUEUE, in its deployment's line (waiting_line.py): first come, first served, on whichever
+replica has room, one that just started too. A saturated replica is above its autoscaling
+target, so Serve adds replicas.
 
 A job always ends: COMPLETED, FAILED (with the reason, also when its replica or engine dies),
 CANCELLED or TIMED_OUT. Finished jobs are dropped after JOB_RETENTION_S.
@@ -18,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from ..logs import get_logger
 from ..replicas import replica_counts
 from .inputs import parse_job_input
 from .translate import JobFailed, JobStarted, ReplicaBusy
+from .waiting_line import WaitingLine
 
 logger = get_logger(__name__)
 
@@ -40,25 +43,10 @@ IN_QUEUE, IN_PROGRESS = "IN_QUEUE", "IN_PROGRESS"
 COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
 FINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 SWEEP_INTERVAL_S = 10.0
-# A job refused by a full replica (ReplicaBusy) is offered again when a job of its deployment
-# ends, or after this long (doubling up to the max: requests outside jobs free slots too).
+# A job refused by a full replica (ReplicaBusy) waits in its deployment's line; at the head it
+# asks again when a job of the deployment ends, or after this long (doubling up to the max).
 BUSY_RETRY_S = 0.05
 BUSY_RETRY_MAX_S = 1.0
-
-
-class Signal:
-    """Wakes every waiter when notified (or each after its own timeout)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout_s)
 
 
 @dataclass
@@ -117,7 +105,7 @@ class JobQueue:
         self._options = options
         self._deployments = deployments
         self._handles: dict[str, DeploymentHandle] = {}
-        self._capacity: dict[str, Signal] = collections.defaultdict(Signal)
+        self._lines: dict[str, WaitingLine] = collections.defaultdict(WaitingLine)
         self._jobs: dict[str, Job] = {}
         self._sweeper: asyncio.Task | None = None
 
@@ -189,6 +177,11 @@ class JobQueue:
             await self.cancel(job.id)
         return {"removed": len(queued), "status": "completed"}
 
+    async def stats(self) -> dict[str, Any]:
+        """This replica's process and its jobs by status (for operators and tests)."""
+        counts = collections.Counter(job.status for job in self._jobs.values())
+        return {"pid": os.getpid(), "jobs": dict(counts)}
+
     async def health(self) -> dict[str, Any]:
         """RunPod's health object: job counts by state, and LLM replicas (workers)."""
         counts = dict.fromkeys((COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, CANCELLED, TIMED_OUT), 0)
@@ -228,20 +221,27 @@ class JobQueue:
     async def _run(self, job: Job, deployment: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + job.ttl_s if job.ttl_s else None
-        call = None
+        line = self._lines[deployment]
+        call = ticket = None
         try:
             async with asyncio.timeout_at(deadline) as scope:
                 for attempt in itertools.count():
+                    if attempt or len(line):  # no slot last time, or others wait already
+                        ticket = ticket or line.join(tried=attempt > 0)
+                        await ticket.turn(min(BUSY_RETRY_MAX_S, BUSY_RETRY_S * 2**attempt))
                     handle = self._handle(deployment).options(stream=True)
                     call = handle.job.remote(job.input, wait=False)
                     async for item in call:
                         if isinstance(item, JobStarted):
                             job.start(item.replica)
+                            if ticket is not None:
+                                ticket.leave()
+                                ticket = None
                             if job.execution_timeout_s:
                                 end = loop.time() + job.execution_timeout_s
                                 scope.reschedule(min(end, deadline) if deadline else end)
                         elif isinstance(item, ReplicaBusy):
-                            break
+                            break  # no free slot on the replica Serve chose: still IN_QUEUE
                         elif isinstance(item, JobFailed):
                             job.finish(FAILED, item.error, item.output)
                         else:
@@ -249,11 +249,6 @@ class JobQueue:
                             job.unread.append(item)
                     else:
                         break  # the job ran
-                    # No free slot on the replica Serve chose: the job stays IN_QUEUE here and
-                    # is offered again when a job of this deployment ends (or after a while).
-                    await self._capacity[deployment].wait(
-                        min(BUSY_RETRY_MAX_S, BUSY_RETRY_S * 2**attempt)
-                    )
             job.finish(COMPLETED)
         except TimeoutError:
             if call is not None:
@@ -271,8 +266,10 @@ class JobQueue:
         except Exception as exc:
             logger.exception("job %s failed", job.id)
             job.finish(FAILED, f"{type(exc).__name__}: {_first_line(exc)}")
+        if ticket is not None:
+            ticket.leave()
         if job.started is not None:
-            self._capacity[deployment].notify()
+            line.capacity_freed()
         if job.status != COMPLETED:
             logger.info("job %s ended %s: %s", job.id, job.status, job.error)
 
