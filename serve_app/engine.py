@@ -179,37 +179,42 @@ class LLMEngine:
     async def openai(self, route: str, body: bytes) -> AsyncIterator[Head | bytes | str]:
         """Serve one OpenAI request. Yields the head, then the body or the SSE chunks.
 
-        It waits for a generation slot first (serve_app/admission.py), or answers 503 at once
-        when this replica's waiting line is full."""
+        A valid request waits for a generation slot first (serve_app/admission.py), or gets
+        503 at once when this replica's waiting line is full; bad input is answered at once."""
+        request = self._parse(route, body)
+        if isinstance(request, bytes):
+            yield 400, False
+            yield request
+            return
         try:
             async with self._slots.slot():
-                async for item in self._openai(route, body):
+                async for item in self._answer(route, request):
                     yield item
         except Overloaded as exc:
             yield 503, False
             yield openai_errors.error_body(503, f"Overloaded, retry shortly: {exc}")
 
-    async def _openai(self, route: str, body: bytes) -> AsyncIterator[Head | bytes | str]:
+    def _parse(self, route: str, body: bytes) -> Any:
+        """vLLM's request object for `body`, or the body of a 400 answer naming the problem."""
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         request_type = ChatCompletionRequest if route == "chat" else CompletionRequest
         try:
             request = request_type.model_validate_json(body)
         except ValidationError as exc:
             message, param = _describe_validation_error(exc)
-            yield 400, False
-            yield openai_errors.error_body(400, message, param=param)
-            return
+            return openai_errors.error_body(400, message, param=param)
         except Exception as exc:  # vLLM's own validators can fail on malformed input
-            yield 400, False
-            yield openai_errors.error_body(400, f"Invalid request: {type(exc).__name__}: {exc}")
-            return
+            return openai_errors.error_body(400, f"Invalid request: {type(exc).__name__}: {exc}")
         if route == "chat" and (problem := _unknown_role(request.messages)):
-            yield 400, False
-            yield openai_errors.error_body(400, problem, param="messages")
-            return
+            return openai_errors.error_body(400, problem, param="messages")
+        return request
+
+    async def _answer(self, route: str, request: Any) -> AsyncIterator[Head | bytes | str]:
+        """Run a parsed request in the engine through vLLM's serving object for `route`."""
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
         try:
             result = await self._handlers[route](request, None)
         except Exception as exc:  # vLLM raises for some bad requests (e.g. too long prompt)
@@ -286,8 +291,12 @@ class LLMEngine:
             yield JobFailed(str(exc), {"error": exc.error})
 
     async def _request(self, route: str, body: dict[str, Any]) -> tuple[Any, AsyncIterator[str]]:
-        """Run an OpenAI request: (the response, None), or (None, its SSE chunks)."""
-        stream = self._openai(route, json.dumps(body).encode())  # the job holds the slot
+        """Run an OpenAI request: (the response, None), or (None, its SSE chunks). The job
+        holds the generation slot already."""
+        request = self._parse(route, json.dumps(body).encode())
+        if isinstance(request, bytes):
+            raise OpenAIError(json.loads(request)["error"])
+        stream = self._answer(route, request)
         status, is_stream = await anext(stream)
         if is_stream:
             return None, stream
