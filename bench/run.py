@@ -167,14 +167,6 @@ def our_server(workload: Workload, port: int, log: Path):
     return running(command, app_env(workload), f"http://127.0.0.1:{port}/health", log)
 
 
-def _measure_promptly() -> None:
-    """The client is the instrument: on 2 cores a starved client reads whole streams late,
-    in bursts (median TPOT ~0, TTFT inflated), for either server. Where allowed (root), it
-    runs ahead of the servers in the scheduler; it needs the same CPU either way."""
-    with contextlib.suppress(PermissionError):
-        os.nice(-10)
-
-
 def bench_client(
     workload: Workload, port: int, tokenizer: str, result: Path, prompts: int | None = None
 ) -> dict[str, Any]:
@@ -199,8 +191,7 @@ def bench_client(
         "--disable-tqdm", "--seed", "0",
     ]  # fmt: skip
     subprocess.run([sys.executable, "-c", code, *args], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL, env=base_env(),
-                   preexec_fn=_measure_promptly)  # fmt: skip
+                   stdout=subprocess.DEVNULL, env=base_env())  # fmt: skip
     return json.loads(result.read_text())
 
 

@@ -85,7 +85,7 @@ def _use_replica_placement_group(vllm_config: Any) -> None:
         logger.info("engine workers use the replica's placement group %s", group.id.hex())
 
 
-def _replica_id() -> str:
+def replica_id() -> str:
     try:
         from ray import serve
 
@@ -276,12 +276,12 @@ class LLMEngine:
             yield JobFailed(str(exc))
             return
         if job.openai_route == "/v1/models":  # no generation: no slot needed
-            yield JobStarted(replica=_replica_id())
+            yield JobStarted(replica=replica_id())
             yield await self.models()
             return
         try:
             async with self._slots.slot(wait=wait):
-                yield JobStarted(replica=_replica_id())
+                yield JobStarted(replica=replica_id())
                 items = self._openai_job(job) if job.openai_route else self._standard_job(job)
                 async for item in items:
                     yield item

@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from . import engine_reaper
 from .config.plan import IngressOptions, ModelDeployment
-from .engine import LLMEngine
+from .engine import LLMEngine, replica_id
 from .http_api import SSE_HEADERS, Route, build_http_app, serialized_json
 from .replicas import deployment_states
 
@@ -62,8 +62,10 @@ class EngineBackend:
         return (await self._engine.models())["data"]
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy when this replica's engine is; with the deployment's replica count."""
+        """Healthy when this replica's engine is; says which replica answered, and the
+        deployment's replica count."""
         name = self._engine.model.deployment_name
+        replica = {"replica": replica_id()}
         try:
             states = await asyncio.to_thread(deployment_states, {name})
         except Exception as exc:  # the controller is restarting: this replica still answers
@@ -71,8 +73,8 @@ class EngineBackend:
         try:
             await self._engine.check_health()
         except Exception as exc:
-            return False, {"deployments": states, "error": f"engine unhealthy: {exc}"}
-        return True, {"deployments": states}
+            return False, {**replica, "deployments": states, "error": f"engine unhealthy: {exc}"}
+        return True, {**replica, "deployments": states}
 
 
 class LLMIngressServer(LLMServer):

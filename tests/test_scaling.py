@@ -1,6 +1,7 @@
-"""Scaling end to end: two models behind one router ingress (two replicas), one autoscaled
-1 -> 2 -> 1 by load, one scaled from zero — all read from Serve's own status, on the real
-engine on CPU."""
+"""Several models behind one router ingress (two replicas): listing and routing by `model`,
+job state shared by the router replicas, and a model scaled to zero that starts on demand —
+read from Serve's own status, on the real engine on CPU. Autoscaling by load with one model
+(the LLM replicas as the ingress): test_autoscaling.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import requests
 from ray import serve
 
 pytestmark = pytest.mark.e2e
-
-LONG = {"max_tokens": 30000, "temperature": 0, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +28,6 @@ def app(serve_cluster, tiny_model: Path, tiny_tp_model: Path, tmp_path_factory):
             {
                 "MODEL_NAME": str(tiny_model),
                 "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny-a",
-                "MIN_REPLICAS": 1,
-                "MAX_REPLICAS": 2,
-                "TARGET_ONGOING_REQUESTS": 2,
-                "MAX_CONCURRENCY": 4,
-                "UPSCALE_DELAY_S": 1,
-                "DOWNSCALE_DELAY_S": 5,
             },
             {
                 "MODEL_NAME": str(tiny_tp_model),
@@ -94,26 +87,3 @@ def test_a_model_scaled_to_zero_starts_on_demand_and_scales_back(app):
     assert running(app, "LLM-tiny-b") == 1
     print(f"first request to a scaled-to-zero model answered after {waited:.0f} s")
     wait_for(lambda: running(app, "LLM-tiny-b") == 0, timeout=120)
-
-
-def test_load_scales_a_model_out_to_two_replicas_that_both_serve_then_in_again(app):
-    url = f"{app.base_url}/v2/load/"
-
-    def run(i: int) -> str:
-        body = {"input": {"model": "tiny-a", "prompt": f"load {i}", "sampling_params": LONG}}
-        return requests.post(url + "run", json=body, timeout=30).json()["id"]
-
-    assert running(app, "LLM-tiny-a") == 1
-    # 8 long jobs: 4 run (MAX_CONCURRENCY), 4 wait; 8 ongoing / target 2 asks for more replicas
-    jobs = [run(i) for i in range(8)]
-    wait_for(lambda: running(app, "LLM-tiny-a") == 2, timeout=240)
-
-    def workers() -> set[str]:
-        statuses = [requests.get(url + f"status/{j}", timeout=30).json() for j in jobs]
-        return {s["workerId"] for s in statuses if s["status"] == "IN_PROGRESS"}
-
-    assert len(wait_for(lambda: len(workers()) == 2 and workers(), timeout=120)) == 2
-
-    for job in jobs:
-        requests.post(url + f"cancel/{job}", timeout=30)
-    wait_for(lambda: running(app, "LLM-tiny-a") == 1, timeout=180)

@@ -1,0 +1,89 @@
+"""Autoscaling with one model, the product's default shape: the LLM replicas are the HTTP
+ingress behind HAProxy. From zero replicas on the first request, out to two under load (both
+answering HTTP and running jobs), and back in when the load stops — read from Serve's own
+status, on the real engine on CPU. (Several models behind the router: test_scaling.py.)"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from ray import serve
+
+pytestmark = pytest.mark.e2e
+
+LONG = {"max_tokens": 30000, "temperature": 0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def app(serve_cluster, tiny_model: Path, tmp_path_factory):
+    env = {
+        "MODEL_NAME": str(tiny_model),
+        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
+        "MIN_REPLICAS": "0",
+        "MAX_REPLICAS": "2",
+        "TARGET_ONGOING_REQUESTS": "2",
+        "MAX_CONCURRENCY": "4",
+        "UPSCALE_DELAY_S": "1",
+        "DOWNSCALE_DELAY_S": "5",
+        "BASE_PATH": str(tmp_path_factory.mktemp("base")),
+        "DISABLE_LOG_STATS": "1",
+    }
+    return serve_cluster.deploy(env)
+
+
+def running(app) -> int:
+    status = serve.status().applications[app.name].deployments["LLM"]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def wait_for(predicate, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def test_the_first_request_starts_a_replica_and_waits_for_it(app):
+    assert app.plan.ingress.mode == "llm" and running(app) == 0
+    started = time.monotonic()
+    reply = app.openai().chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=4,
+        extra_body={"ignore_eos": True},
+    )
+    assert reply.usage.completion_tokens == 4
+    assert running(app) == 1
+    print(f"\nfirst request with no replica answered after {time.monotonic() - started:.0f} s")
+
+
+def test_load_scales_out_to_two_replicas_that_both_serve_then_in_again(app):
+    url = f"{app.base_url}/v2/load/"
+
+    def run(i: int) -> str:
+        body = {"input": {"prompt": f"load {i}", "sampling_params": LONG}}
+        return requests.post(url + "run", json=body, timeout=30).json()["id"]
+
+    wait_for(lambda: running(app) == 1, timeout=60)
+    # 8 long jobs: 4 run (MAX_CONCURRENCY), 4 wait; 4 ongoing / target 2 asks for 2 replicas
+    jobs = [run(i) for i in range(8)]
+    wait_for(lambda: running(app) == 2, timeout=240)
+
+    def workers() -> set[str]:
+        statuses = [requests.get(url + f"status/{j}", timeout=30).json() for j in jobs]
+        return {s["workerId"] for s in statuses if s["status"] == "IN_PROGRESS"}
+
+    assert len(wait_for(lambda: len(workers()) == 2 and workers(), timeout=120)) == 2
+    # HTTP reaches both replicas too: HAProxy spreads requests over the ingress replicas
+    answered = {requests.get(app.base_url + "/health", timeout=30).json()["replica"]
+                for _ in range(30)}  # fmt: skip
+    assert len(answered) == 2, answered
+
+    for job in jobs:
+        requests.post(url + f"cancel/{job}", timeout=30)
+    wait_for(lambda: running(app) <= 1, timeout=180)
