@@ -11,8 +11,31 @@ source "$(dirname "$0")/common.sh"
 
 CONFIG="${1:-$SERVE_CONFIG}"
 ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
-"$PYTHON" -m serve_app plan "$CONFIG" >/dev/null
-LAUNCH_CONFIG="$("$PYTHON" -m serve_app launch-config "$CONFIG")"  # HOST/PORT applied
+# Validated (every bad setting listed, exit 2), with HOST/PORT applied and each LLM
+# deployment's replica scaling written out: REPLICAS="MIN MAX" (cluster/scale.sh) sets its bounds.
+SCALING=(--scaling)
+if [[ -n "${REPLICAS:-}" ]]; then read -r -a bounds <<<"$REPLICAS"; SCALING+=(--replicas "${bounds[@]}"); fi
+LAUNCH_CONFIG="$("$PYTHON" -m serve_app launch-config "$CONFIG" "${SCALING[@]}")"
+# The dashboard (Serve's REST API) may still be starting right after start-head.sh.
+if ! "$PYTHON" - "$ADDRESS" "${DASHBOARD_WAIT_S:-60}" <<'PY'
+import sys, time, urllib.error, urllib.request
+address, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        urllib.request.urlopen(address + "/api/version", timeout=5).close()
+        break
+    except urllib.error.HTTPError:  # it answers (401 without the cluster's token is fine)
+        break
+    except Exception as exc:  # refused, reset, timeout
+        if time.monotonic() > deadline:
+            sys.exit(f"{exc}")
+        time.sleep(1)
+PY
+then
+  log "no Ray dashboard answers at $ADDRESS: is the head running (cluster/status.sh), and is"
+  log "DASHBOARD_PORT the port it was started with? Its log: /tmp/ray/session_latest/logs/dashboard.log"
+  exit 1
+fi
 log "deploying $CONFIG to $ADDRESS"
 "$SERVE" deploy "$LAUNCH_CONFIG" --address "$ADDRESS"
 

@@ -12,10 +12,13 @@ NODE_IP_ARGS=()
 [[ -n "${NODE_ADDR:-}" ]] && NODE_IP_ARGS=(--node-ip-address "$NODE_ADDR")
 
 "$RAY" get-auth-token --generate >/dev/null
+# --include-dashboard true: the dashboard carries `serve deploy`; when it cannot start (its port
+# is taken, ...) `ray start` fails here with the dashboard's own log, not later at deploy time.
 log "starting the head on port $RAY_PORT (dashboard $DASHBOARD_HOST:$DASHBOARD_PORT)"
 "$RAY" start --head \
   --port "$RAY_PORT" \
   --dashboard-host "$DASHBOARD_HOST" --dashboard-port "$DASHBOARD_PORT" \
+  --include-dashboard true \
   --disable-usage-stats \
   "${NODE_IP_ARGS[@]}" "${NODE_PORT_ARGS[@]}" "$@"
 

@@ -7,6 +7,7 @@
   runpod-config    RunPod's worker-config.json and .runpod/hub.json from the same schema
   ray-env          `export` lines of the Ray settings to apply where Ray starts (cluster/)
   launch-config    the Serve config to start with: CONFIG, or a copy with HOST/PORT applied
+                   (--scaling, --replicas MIN MAX: and the LLM deployments' replica scaling)
 
 Configuration errors print one message listing every bad variable, and exit with code 2.
 """
@@ -103,10 +104,26 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-def write_launch_config(config_path: str) -> str:
-    """The config to start Serve with: as given, or a copy with HOST/PORT as HTTP options."""
+def write_launch_config(
+    config_path: str, *, scaling: bool = False, replicas: tuple[int, int] | None = None
+) -> str:
+    """The config to start Serve with: as given, or a copy with HOST/PORT as HTTP options.
+
+    With `scaling` (cluster/deploy.sh), each LLM deployment's replica scaling is written into
+    the application's `deployments:` section as well, from the plan, or with `replicas`
+    (MIN, MAX) as its bounds. Serve applies a change there in place, without rebuilding the
+    application or restarting its replicas, as long as every deploy carries that section
+    (Serve counts its first appearance as a code change): cluster/scale.sh relies on it."""
     config = yaml.safe_load(Path(config_path).read_text()) or {}
     launch = serve_config_for(config, os.environ)
+    if scaling or replicas:
+        by_name = dict(plans(config_path))
+        launch["applications"] = [
+            with_scaling(app, by_name[str(app.get("name", "default"))], replicas)
+            if str(app.get("import_path", "")).startswith(IMPORT_PATH_PREFIX)
+            else app
+            for app in launch.get("applications", [])
+        ]
     if launch == config:
         return config_path
     handle, path = tempfile.mkstemp(prefix="serve_config-", suffix=".yaml")
@@ -117,8 +134,30 @@ def write_launch_config(config_path: str) -> str:
     return path
 
 
+def with_scaling(app: dict[str, Any], plan: Any, replicas: tuple[int, int] | None) -> dict:
+    """`app` (a Serve config application) with its LLM deployments' scaling as overrides."""
+    if replicas is not None:
+        low, high = replicas
+        if not 0 <= low <= high or high < 1:
+            raise ConfigError([f"replicas {low}..{high}: expected 0 <= MIN <= MAX, MAX >= 1"])
+    overrides = {d["name"]: d for d in app.get("deployments") or []}
+    for model in plan.models:
+        autoscaling = model.serve.autoscaling
+        if replicas is not None:
+            bounds = {"min_replicas": replicas[0], "max_replicas": replicas[1]}
+            autoscaling = autoscaling.model_copy(update=bounds)
+        name = model.deployment_name
+        overrides[name] = {
+            **overrides.get(name, {}),
+            "name": name,
+            "num_replicas": "auto",  # Serve's defaults, then ours over them
+            "autoscaling_config": autoscaling.config(),
+        }
+    return {**app, "deployments": list(overrides.values())}
+
+
 def cmd_launch_config(ns: argparse.Namespace) -> int:
-    print(write_launch_config(ns.config))
+    print(write_launch_config(ns.config, scaling=ns.scaling, replicas=ns.replicas))
     return 0
 
 
@@ -176,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         "launch-config", help="path of the Serve config to start with (HOST/PORT applied)"
     )
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="Ray Serve config file")
+    p.add_argument(
+        "--scaling", action="store_true", help="write each LLM deployment's replica scaling"
+    )
+    p.add_argument(
+        "--replicas", nargs=2, type=int, metavar=("MIN", "MAX"), help="... with these bounds"
+    )
     p.set_defaults(func=cmd_launch_config)
     p = sub.add_parser("runpod-config", help="worker-config.json and .runpod/hub.json")
     p.add_argument("--write", action="store_true", help="regenerate them (default: check)")

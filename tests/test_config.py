@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serve_app.__main__ import with_scaling
 from serve_app.admission import CONTROL_HEADROOM
 from serve_app.config import vllm_args
 from serve_app.config.env import read_env
@@ -206,6 +207,27 @@ def test_host_and_port_become_the_http_options_serve_starts_with(tmp_path):
         .stdout.strip()
         .endswith("serve_config.yaml")
     )
+
+
+def test_cluster_deploys_carry_each_llm_deployments_scaling_and_scale_sets_its_bounds():
+    models = {"models": [{"MODEL_NAME": "a/b"}, {"MODEL_NAME": "c/d"}]}
+    plan = plan_of({"TARGET_ONGOING_REQUESTS": "12"}, models)
+    app = {"name": "llm", "args": {}, "deployments": [{"name": "LLM-a-b", "user_config": {"x": 1}}]}
+    deployed = with_scaling(app, plan, None)
+    assert app["args"] == deployed["args"]  # args unchanged: Serve applies it in place
+    assert [d["name"] for d in deployed["deployments"]] == ["LLM-a-b", "LLM-c-d"]
+    first = deployed["deployments"][0]
+    assert first["user_config"] == {"x": 1} and first["num_replicas"] == "auto"
+    assert first["autoscaling_config"]["target_ongoing_requests"] == 12
+    assert (
+        first["autoscaling_config"]["min_replicas"],
+        first["autoscaling_config"]["max_replicas"],
+    ) == (1, 1)
+    scaled = with_scaling(app, plan, (0, 3))["deployments"]
+    assert {(d["autoscaling_config"]["min_replicas"], d["autoscaling_config"]["max_replicas"])
+            for d in scaled} == {(0, 3)}  # fmt: skip
+    with pytest.raises(ConfigError, match="expected 0 <= MIN <= MAX"):
+        with_scaling(app, plan, (3, 2))
 
 
 def test_request_logging_follows_worker_vllm_defaults_and_variables():
