@@ -1,8 +1,9 @@
 """Shared fixtures: the tiny test model, and real Ray Serve apps on 127.0.0.1.
 
 Engine-backed tests run the real application (ingress + LLM deployments + vLLM on CPU) in a
-Ray cluster started by the test module, and talk to it over HTTP with real clients. Every
-process a module starts is stopped when it ends (collected by PID, not by name).
+Ray cluster shared by the session (each module deploys its own app, deleted when the module
+ends), and talk to it over HTTP with real clients. Every process the session starts is stopped
+when it ends (collected by PID, not by name).
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ class ServeCluster:
         wait_until_running(name)
         return DeployedApp(self, name, plan)
 
+    @contextlib.contextmanager
+    def deployed(self, env: dict[str, str], args: dict[str, Any] | None = None):
+        """The app deployed for the duration of the block (a module), then deleted."""
+        from ray import serve
+
+        app = self.deploy(env, args)
+        try:
+            yield app
+        finally:
+            with contextlib.suppress(Exception):
+                serve.delete(app.name)  # blocking: its replicas and engines are gone after
+
 
 @dataclass
 class DeployedApp:
@@ -172,7 +185,20 @@ def running_serve_cluster(environ: dict[str, str] | None = None) -> Iterator[Ser
                 os.environ[name] = value
 
 
-@pytest.fixture(scope="module")
+# A fake token in the environment of the shared cluster's processes, as a worker's HF_TOKEN
+# would be: test_reliability.py checks it never reaches a log, a response or /health.
+FAKE_HF_TOKEN = "hf_reliabilityFakeSecret0123456789"
+
+
+@pytest.fixture(scope="session")
 def serve_cluster() -> Iterator[ServeCluster]:
-    with running_serve_cluster() as cluster:
+    """One Ray cluster for the modules that deploy apps in-process (starting and stopping
+    Ray for each would cost the suite minutes); each module deletes its app when it ends."""
+    with running_serve_cluster({"HF_TOKEN": FAKE_HF_TOKEN}) as cluster:
         yield cluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that start a Ray instance of their own (marked `own_ray`) run first: the shared
+    cluster above starts after them, so two Ray instances never share the machine."""
+    items.sort(key=lambda item: item.get_closest_marker("own_ray") is None)

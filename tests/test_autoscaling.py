@@ -31,7 +31,8 @@ def app(serve_cluster, tiny_model: Path, tmp_path_factory):
         "BASE_PATH": str(tmp_path_factory.mktemp("base")),
         "DISABLE_LOG_STATS": "1",
     }
-    return serve_cluster.deploy(env)
+    with serve_cluster.deployed(env) as app:
+        yield app
 
 
 def running(app) -> int:

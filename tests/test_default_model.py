@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import free_port, stop_processes
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.own_ray]
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 900
@@ -34,6 +34,8 @@ def served(tmp_path_factory):
     config.write_text(text.replace("host: 0.0.0.0", "host: 127.0.0.1").replace("8000", str(port)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MODEL_"))}
     env["BASE_PATH"] = str(tmp_path_factory.mktemp("base"))  # fresh: converts the GGUF
+    # Ctrl-C below: the ingress replica waits this long for HAProxy before it stops (30 s)
+    env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
     log = (tmp_path_factory.mktemp("logs") / "make_serve.log").open("w")
     process = subprocess.Popen(
         ["make", "--no-print-directory", "serve", f"CONFIG={config}"],

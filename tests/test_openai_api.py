@@ -43,7 +43,8 @@ def app(serve_cluster, tiny_model: Path, tiny_lora: Path, tmp_path_factory):
         "STRUCTURED_OUTPUTS_CONFIG": '{"disable_any_whitespace": true}',
         "GUIDED_DECODING_BACKEND": "xgrammar",
     }
-    return serve_cluster.deploy(env)
+    with serve_cluster.deployed(env) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

@@ -22,26 +22,20 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import running_serve_cluster
+from tests.conftest import FAKE_HF_TOKEN
 from tests.contracts import validate
 
 pytestmark = pytest.mark.e2e
 
 API_KEY = "reliability-key-7f3a"
-HF_TOKEN = "hf_reliabilityFakeSecret0123456789"
+HF_TOKEN = FAKE_HF_TOKEN  # in the environment of the cluster's processes (tests/conftest.py)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_REQUEST_BYTES = 65536
 CONCURRENCY, QUEUED = 4, 4
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 GREEDY = {"temperature": 0, "ignore_eos": True}
-SOAK_S = float(os.environ.get("SOAK_S", "90"))
+SOAK_S = float(os.environ.get("SOAK_S", "60"))  # SOAK_S=180 for a longer soak
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
-
-
-@pytest.fixture(scope="module")
-def serve_cluster():
-    with running_serve_cluster({"HF_TOKEN": HF_TOKEN}) as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +53,8 @@ def app(serve_cluster, tiny_model: Path, tmp_path_factory):
         "DISABLE_LOG_STATS": "1",
         "DISABLE_LOG_REQUESTS": "0",  # request logs on: they must not carry secrets either
     }
-    return serve_cluster.deploy(env)
+    with serve_cluster.deployed(env) as app:
+        yield app
 
 
 def post(app, path: str, body: Any = None, **kwargs) -> httpx.Response:
@@ -154,7 +149,7 @@ def test_bodies_over_the_size_limit_are_413_before_they_are_read(app):
 
 
 # ---------------------------------------------------------------- fuzz
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 
 
 def test_fuzzing_the_apps_own_openapi_schema_finds_no_server_error(app):
@@ -202,8 +197,16 @@ async def _stream_chat(client: httpx.AsyncClient, max_tokens: int) -> tuple[int,
         if response.status_code != 200:
             await response.aread()
             return response.status_code, response
-        chunks = [line async for line in response.aiter_lines() if line.startswith("data: {")]
-        return 200, len(chunks)
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        # how the stream ended: "length" when it ran to max_tokens and then [DONE]
+        # (counting chunks would not do: vLLM merges tokens a slow reader has not taken yet)
+        ends = [
+            choice["finish_reason"]
+            for line in lines[:-1]
+            for choice in json.loads(line.removeprefix("data: ")).get("choices", [])
+            if choice.get("finish_reason")
+        ]
+        return 200, (ends[-1] if ends and lines[-1] == "data: [DONE]" else None)
 
 
 def test_beyond_capacity_requests_get_503_with_retry_after_and_jobs_all_finish(app):
@@ -215,7 +218,7 @@ def test_beyond_capacity_requests_get_503_with_retry_after_and_jobs_all_finish(a
     refused = [r for status, r in results if status != 200]
     served = [n for status, n in results if status == 200]
     assert len(served) == CONCURRENCY + QUEUED and len(refused) == 12 - CONCURRENCY - QUEUED
-    assert all(n >= 1500 for n in served)  # every accepted stream ran to the end
+    assert served == ["length"] * len(served)  # every accepted stream ran to the end
     for response in refused:
         assert response.status_code == 503 and response.headers["retry-after"].isdigit()
         assert "MAX_QUEUED_REQUESTS" in openai_error(response, 503)["message"]
@@ -352,9 +355,13 @@ def test_secrets_appear_in_no_log_response_or_health(app):
         and (API_KEY.encode() in (data := path.read_bytes()) or HF_TOKEN.encode() in data)
     ]
     assert not leaked, f"secrets found in {leaked}"
-    # the check covers request logs (DISABLE_LOG_REQUESTS=0 here): they were written
-    replica_logs = b"".join(p.read_bytes() for p in logs.rglob("*LLM*") if p.is_file())
-    assert b"Received request" in replica_logs
+    # the check covers request logs (DISABLE_LOG_REQUESTS=0 here): they were written, to the
+    # replica's Serve log or to its worker's stdout file, depending on which of Serve and vLLM
+    # set up its logging first
+    request_logs = [
+        p.name for p in logs.rglob("*") if p.is_file() and b"Received request" in p.read_bytes()
+    ]
+    assert request_logs, f"no request log among {sorted(p.name for p in logs.rglob('*'))}"
 
 
 # ---------------------------------------------------------------- faults (destructive, last)
@@ -432,4 +439,4 @@ def test_deleting_the_app_lets_in_flight_streams_finish(app):
     assert [status for status, _ in results] == [200, 200], [
         r.text if status != 200 else r for status, r in results
     ]
-    assert all(chunks >= 1500 for _, chunks in results), results  # each ran to its end
+    assert [end for _, end in results] == ["length", "length"], results  # each ran to its end
