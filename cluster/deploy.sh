@@ -58,7 +58,7 @@ else:
     RUNNING) log "application is RUNNING"; exit 0 ;;
     FAILED) log "deploy failed (Serve's message above)"; exit 1 ;;
   esac
-  sleep 5
+  sleep 2
 done
 log "not RUNNING after ${DEPLOY_TIMEOUT_S}s; see cluster/status.sh"
 exit 1

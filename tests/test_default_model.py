@@ -67,9 +67,12 @@ def served(tmp_path_factory):
         for child in psutil.Process(process.pid).children(recursive=True):
             tree.setdefault(child.pid, child)
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, as a user stops `make serve`
+        stopping = time.monotonic()
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=30)
+            print(f"\nmake serve stopped {time.monotonic() - stopping:.0f} s after Ctrl-C")
         except subprocess.TimeoutExpired:
+            print("\nmake serve still running 30 s after Ctrl-C: killed")
             os.killpg(process.pid, signal.SIGKILL)
         stop_processes(list(tree.values()))
         log.close()
