@@ -129,8 +129,9 @@ def write_launch_config(
     handle, path = tempfile.mkstemp(prefix="serve_config-", suffix=".yaml")
     with os.fdopen(handle, "w") as f:
         yaml.safe_dump(launch, f, sort_keys=False)
-    http = launch["http_options"]
-    print(f"HTTP endpoint: {http.get('host')}:{http.get('port')} (HOST/PORT)", file=sys.stderr)
+    http = launch.get("http_options")
+    if http != config.get("http_options"):
+        print(f"HTTP endpoint: {http.get('host')}:{http.get('port')} (HOST/PORT)", file=sys.stderr)
     return path
 
 

@@ -135,6 +135,23 @@ class DeployedApp:
     def engine_requests(self, deployment: str = "LLM") -> int:
         return self.handle(deployment).stats.remote().result()["unfinished_requests"]
 
+    def running_replicas(self, deployment: str = "LLM") -> int:
+        """RUNNING replicas of `deployment`, from Serve's own status."""
+        from ray import serve
+
+        status = serve.status().applications[self.name].deployments[deployment]
+        return status.replica_states.get("RUNNING", 0)
+
+
+def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
 
 def wait_until_running(app_name: str, timeout: float = APP_START_TIMEOUT_S) -> None:
     from ray import serve

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from ray import serve
+
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,22 +36,8 @@ def app(serve_cluster, tiny_model: Path, tmp_path_factory):
         yield app
 
 
-def running(app) -> int:
-    status = serve.status().applications[app.name].deployments["LLM"]
-    return status.replica_states.get("RUNNING", 0)
-
-
-def wait_for(predicate, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
 def test_the_first_request_starts_a_replica_and_waits_for_it(app):
-    assert app.plan.ingress.mode == "llm" and running(app) == 0
+    assert app.plan.ingress.mode == "llm" and app.running_replicas() == 0
     started = time.monotonic()
     reply = app.openai().chat.completions.create(
         model="tiny",
@@ -59,7 +46,7 @@ def test_the_first_request_starts_a_replica_and_waits_for_it(app):
         extra_body={"ignore_eos": True},
     )
     assert reply.usage.completion_tokens == 4
-    assert running(app) == 1
+    assert app.running_replicas() == 1
     print(f"\nfirst request with no replica answered after {time.monotonic() - started:.0f} s")
 
 
@@ -70,16 +57,16 @@ def test_load_scales_out_to_two_replicas_that_both_serve_then_in_again(app):
         body = {"input": {"prompt": f"load {i}", "sampling_params": LONG}}
         return requests.post(url + "run", json=body, timeout=30).json()["id"]
 
-    wait_for(lambda: running(app) == 1, timeout=60)
+    wait_for(lambda: app.running_replicas() == 1, timeout=60, interval=1.0)
     # 8 long jobs: 4 run (MAX_CONCURRENCY), 4 wait; 4 ongoing / target 2 asks for 2 replicas
     jobs = [run(i) for i in range(8)]
-    wait_for(lambda: running(app) == 2, timeout=240)
+    wait_for(lambda: app.running_replicas() == 2, timeout=240, interval=1.0)
 
     def workers() -> set[str]:
         statuses = [requests.get(url + f"status/{j}", timeout=30).json() for j in jobs]
         return {s["workerId"] for s in statuses if s["status"] == "IN_PROGRESS"}
 
-    assert len(wait_for(lambda: len(workers()) == 2 and workers(), timeout=120)) == 2
+    assert len(wait_for(lambda: len(workers()) == 2 and workers(), timeout=120, interval=1.0)) == 2
     # HTTP reaches both replicas too: HAProxy spreads requests over the ingress replicas
     answered = {requests.get(app.base_url + "/health", timeout=30).json()["replica"]
                 for _ in range(30)}  # fmt: skip
@@ -87,4 +74,4 @@ def test_load_scales_out_to_two_replicas_that_both_serve_then_in_again(app):
 
     for job in jobs:
         requests.post(url + f"cancel/{job}", timeout=30)
-    wait_for(lambda: running(app) <= 1, timeout=180)
+    wait_for(lambda: app.running_replicas() <= 1, timeout=180, interval=1.0)

@@ -8,13 +8,13 @@ tested with the router ingress in test_scaling.py.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import requests
 import runpod
 
+from tests.conftest import wait_for
 from tests.contracts import validate
 
 pytestmark = pytest.mark.e2e
@@ -51,16 +51,6 @@ def api(app, method: str, path: str, key: str | None = API_KEY, **kwargs) -> req
     return requests.request(
         method, f"{app.base_url}/v2/{ENDPOINT}/{path}", headers=headers, timeout=120, **kwargs
     )
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def tokens_per_item(items: list[dict]) -> list[int]:

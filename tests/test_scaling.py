@@ -42,11 +42,6 @@ def app(serve_cluster, tiny_model: Path, tiny_tp_model: Path, tmp_path_factory):
         yield app
 
 
-def running(app, deployment: str) -> int:
-    status = serve.status().applications[app.name].deployments[deployment]
-    return status.replica_states.get("RUNNING", 0)
-
-
 def test_both_models_are_listed_and_requests_must_name_one(app):
     client = app.openai()
     assert sorted(m.id for m in client.models.list()) == ["tiny-a", "tiny-b"]
@@ -69,13 +64,13 @@ def test_job_state_is_shared_by_every_ingress_replica(app):
 
 
 def test_a_model_scaled_to_zero_starts_on_demand(app):
-    assert running(app, "LLM-tiny-b") == 0
+    assert app.running_replicas("LLM-tiny-b") == 0
     started = time.monotonic()
     reply = app.openai().completions.create(
         model="tiny-b", prompt="hello", max_tokens=4, temperature=0, extra_body={"ignore_eos": True}
     )
     waited = time.monotonic() - started
     assert reply.usage.completion_tokens == 4
-    assert running(app, "LLM-tiny-b") == 1
+    assert app.running_replicas("LLM-tiny-b") == 1
     print(f"first request to a scaled-to-zero model answered after {waited:.0f} s")
     # (scaling back in is Serve's autoscaler alone: test_autoscaling.py watches it)
