@@ -41,7 +41,7 @@ lint: setup
 	$(VENV)/bin/shellcheck -x cluster/*.sh .ci/run
 	$(VENV)/bin/hadolint Dockerfile
 
-# Side-by-side benchmark against vLLM's own server (about 30 minutes on 2 cores); see docs/benchmarks/.
+# Side-by-side benchmark against vLLM's own server (about 35 minutes on 2 cores, 3 rounds); see docs/benchmarks/.
 bench: setup
 	$(call install,$(EXTRAS),bench)
 	$(PY) bench/run.py

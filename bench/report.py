@@ -25,6 +25,20 @@ def _compare(ours: float, theirs: float, kind: str) -> str:
     return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
 
+def _each_run(runs: dict[str, list[dict[str, float]]]) -> str:
+    """The runs behind the medians, in the order they ran (the spread is part of the result)."""
+
+    def figures(server: str, key: str, fmt: str) -> str:
+        return " / ".join(fmt.format(run[key]) for run in runs[server])
+
+    return (
+        f"Each run, output tok/s: vLLM's {figures('vllm', 'output_throughput', '{:.0f}')}, "
+        f"this app {figures('ours', 'output_throughput', '{:.0f}')}; median TTFT (ms): "
+        f"vLLM's {figures('vllm', 'median_ttft_ms', '{:.0f}')}, "
+        f"this app {figures('ours', 'median_ttft_ms', '{:.0f}')}."
+    )
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = []
     for result in results:
@@ -43,6 +57,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {label} | {fmt.format(theirs[key])} | {fmt.format(ours[key])} | "
                 f"{_compare(ours[key], theirs[key], kind)} |"
             )
+        lines += ["", _each_run(result["runs"])]
         for job in result["jobs"]:
             sync, stream = job["runsync"], job["stream"]
             lines += [

@@ -1,7 +1,7 @@
 """Benchmark this application against vLLM's own OpenAI server, side by side, in one run.
 
-    make bench                       # both workloads, 2 alternated rounds
-    python bench/run.py --workloads overhead --rounds 3
+    make bench                       # both workloads, 3 alternated rounds
+    python bench/run.py --workloads overhead --rounds 5
 
 For each workload the same model is served with the same engine arguments (the `vllm serve`
 arguments this application derives from its environment, `plan`'s `vllm_argv`) by (a) vLLM's
@@ -221,7 +221,10 @@ def run_workload(workload: Workload, rounds: int, logs: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["overhead", "realistic"])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="alternated rounds per server; the table shows their medians (of 3: the middle run)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ns = parser.parse_args()
     logs = CACHE / "logs"
