@@ -40,10 +40,10 @@ def label(process: psutil.Process) -> str:
     if first.startswith(("ray::", "VLLM::")):
         return first.split()[0]
     if "python" in Path(first).name:
-        rest = [a for a in cmdline[1:] if not a.startswith("-")]
         if "-m" in cmdline:
             return "python -m " + cmdline[cmdline.index("-m") + 1]
-        return "python " + Path(rest[0]).name if rest else "python"
+        script = next((a for a in cmdline[1:] if not a.startswith("-")), None)
+        return f"python {Path(script).name}" if script else "python"
     return Path(first).name
 
 
@@ -64,10 +64,9 @@ def children_cpu() -> float:
 
 
 def measure(workload: run.Workload, server: str, tokenizer: str, logs: Path) -> None:
-    start = run.vllm_server if server == "vllm" else run.our_server
     port = run.free_port()
-    with start(workload, port, logs / f"cpu-{workload.name}-{server}.log"):
-        run.bench_client(workload, port, tokenizer, logs / "warmup.json", workload.concurrency)
+    with run.SERVERS[server](workload, port, logs / f"cpu-{workload.name}-{server}.log"):
+        run.warm_up(workload, port, tokenizer, logs)
         before, client_before, started = cpu_seconds(), children_cpu(), time.monotonic()
         result = run.bench_client(workload, port, tokenizer, logs / "cpu.json")
         after, wall = cpu_seconds(), time.monotonic() - started
@@ -91,13 +90,13 @@ def measure(workload: run.Workload, server: str, tokenizer: str, logs: Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", choices=["overhead", "realistic"], default="overhead")
-    parser.add_argument("--servers", nargs="+", choices=["vllm", "ours"], default=["vllm", "ours"])
+    servers = list(run.SERVERS)
+    parser.add_argument("--servers", nargs="+", choices=servers, default=servers)
     ns = parser.parse_args()
     logs = run.CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     workload = run.workloads([ns.workload])[0]
-    plan = run.build_plan(run.app_env(workload)).models[0]
-    tokenizer = str(run.resolve_model(plan.model_name, revision=None, **plan.storage.model_dump()))
+    tokenizer = run.tokenizer_for(workload)
     for server in ns.servers:
         measure(workload, server, tokenizer, logs)
 

@@ -195,19 +195,31 @@ def bench_client(
     return json.loads(result.read_text())
 
 
-def run_workload(workload: Workload, rounds: int, logs: Path) -> dict[str, Any]:
+SERVERS = {"vllm": vllm_server, "ours": our_server}
+
+
+def tokenizer_for(workload: Workload) -> str:
+    """The local directory of the workload's model, for the benchmark client's tokenizer."""
     plan = build_plan(app_env(workload)).models[0]
-    tokenizer = str(resolve_model(plan.model_name, revision=None, **plan.storage.model_dump()))
-    runs: dict[str, list[dict[str, Any]]] = {"vllm": [], "ours": []}
+    return str(resolve_model(plan.model_name, revision=None, **plan.storage.model_dump()))
+
+
+def warm_up(workload: Workload, port: int, tokenizer: str, logs: Path) -> None:
+    """One request per concurrent slot, results discarded."""
+    bench_client(workload, port, tokenizer, logs / "warmup.json", workload.concurrency)
+
+
+def run_workload(workload: Workload, rounds: int, logs: Path) -> dict[str, Any]:
+    tokenizer = tokenizer_for(workload)
+    runs: dict[str, list[dict[str, Any]]] = {server: [] for server in SERVERS}
     job_runs: list[dict[str, Any]] = []
     for index in range(rounds):
-        for server, start in (("vllm", vllm_server), ("ours", our_server)):
+        for server, start in SERVERS.items():
             port = free_port()
             log = logs / f"{workload.name}-{server}-{index}.log"
             print(f"[bench] {workload.name}: {server}, round {index + 1}/{rounds}", flush=True)
             with start(workload, port, log):
-                # warm-up: one request per concurrent slot, results discarded
-                bench_client(workload, port, tokenizer, logs / "warmup.json", workload.concurrency)
+                warm_up(workload, port, tokenizer, logs)
                 result = bench_client(workload, port, tokenizer, logs / f"{log.stem}.json")
                 runs[server].append({m: result[m] for m in METRICS})
                 if server == "ours" and index == 0:
