@@ -20,7 +20,7 @@ from typing import Any
 from . import engine_reaper
 from .config.errors import ConfigError
 from .config.plan import ModelDeployment, build_plan
-from .engine import LLMEngine
+from .engine import LLMEngine, freeze_startup_heap
 from .jobs.translate import JobFailed, JobStarted, ReplicaBusy
 from .logs import get_logger
 
@@ -41,6 +41,7 @@ class Worker:
             async with self._starting:
                 if self._engine is None:
                     self._engine = await LLMEngine.start(self.model)
+                    freeze_startup_heap()
         return self._engine
 
     async def handler(self, job: dict[str, Any]) -> AsyncIterator[Any]:

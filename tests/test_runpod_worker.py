@@ -26,6 +26,12 @@ def worker_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+class WorkerURL(str):
+    """The worker's base URL, and its log."""
+
+    log: Path
+
+
 @pytest.fixture(scope="module")
 def worker(tiny_model, tmp_path_factory):
     port = free_port()
@@ -38,7 +44,8 @@ def worker(tiny_model, tmp_path_factory):
     command = [sys.executable, "-m", "serve_app.runpod_worker", "--rp_serve_api",
                "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = WorkerURL(f"http://127.0.0.1:{port}")
+    url.log = Path(log.name)
     tree: dict[int, psutil.Process] = {}
     try:
         deadline = time.monotonic() + 120
@@ -73,6 +80,8 @@ def test_worker_runs_a_prompt_job(worker):
     (item,) = result["output"]
     assert item["usage"]["output"] == 6
     assert len(item["choices"]) == 1 and len(item["choices"][0]["tokens"]) == 1
+    # as `vllm serve` does once its engine is up (serve_app/engine.py freeze_startup_heap)
+    assert "start-up objects frozen out of garbage collection" in worker.log.read_text()
 
 
 def test_worker_streams_growing_batches(worker):
