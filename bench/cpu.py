@@ -2,6 +2,7 @@
 
     python bench/cpu.py                          # overhead workload, one run per server
     python bench/cpu.py --workload realistic
+    python bench/cpu.py --prompts 1000           # a longer run: steadier shares
 
 Each server is started as in bench/run.py, warmed up, then driven by vLLM's benchmark client
 once; the CPU time every process on the machine spent during that run (psutil, user +
@@ -63,12 +64,14 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(workload: run.Workload, server: str, tokenizer: str, logs: Path) -> None:
+def measure(
+    workload: run.Workload, server: str, tokenizer: str, logs: Path, prompts: int | None
+) -> None:
     port = run.free_port()
     with run.SERVERS[server](workload, port, logs / f"cpu-{workload.name}-{server}.log"):
         run.warm_up(workload, port, tokenizer, logs)
         before, client_before, started = cpu_seconds(), children_cpu(), time.monotonic()
-        result = run.bench_client(workload, port, tokenizer, logs / "cpu.json")
+        result = run.bench_client(workload, port, tokenizer, logs / "cpu.json", prompts)
         after, wall = cpu_seconds(), time.monotonic() - started
         client = children_cpu() - client_before
     tokens = result["total_output_tokens"]
@@ -92,13 +95,14 @@ def main() -> None:
     parser.add_argument("--workload", choices=["overhead", "realistic"], default="overhead")
     servers = list(run.SERVERS)
     parser.add_argument("--servers", nargs="+", choices=servers, default=servers)
+    parser.add_argument("--prompts", type=int, help="default: the workload's")
     ns = parser.parse_args()
     logs = run.CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     workload = run.workloads([ns.workload])[0]
     tokenizer = run.tokenizer_for(workload)
     for server in ns.servers:
-        measure(workload, server, tokenizer, logs)
+        measure(workload, server, tokenizer, logs, ns.prompts)
 
 
 if __name__ == "__main__":

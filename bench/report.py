@@ -16,6 +16,7 @@ ROWS = [
     ("median_tpot_ms", "median TPOT (ms)", "{:.1f}", "ratio"),
     ("median_itl_ms", "median ITL (ms)", "{:.1f}", "ratio"),
     ("p99_itl_ms", "p99 ITL (ms)", "{:.1f}", "ratio"),
+    ("longest_pause_ms", "longest pause of all streams (ms)", "{:.0f}", "delta"),
 ]
 
 
@@ -26,10 +27,16 @@ def _compare(ours: float, theirs: float, kind: str) -> str:
 
 
 def _each_run(runs: dict[str, list[dict[str, float]]]) -> str:
-    """The runs behind the medians, in the order they ran (the spread is part of the result)."""
+    """The runs behind the medians, in the order they ran (the spread is part of the result);
+    the runs of one server start are bracketed, the starts separated by slashes."""
 
     def figures(server: str, key: str, fmt: str) -> str:
-        return " / ".join(fmt.format(run[key]) for run in runs[server])
+        rounds: dict[float, list[str]] = {}
+        for index, run in enumerate(runs[server]):
+            rounds.setdefault(run.get("round", index), []).append(fmt.format(run[key]))
+        starts = [values[0] if len(values) == 1 else f"[{', '.join(values)}]"
+                  for values in rounds.values()]  # fmt: skip
+        return " / ".join(starts)
 
     return (
         f"Each run, output tok/s: vLLM's {figures('vllm', 'output_throughput', '{:.0f}')}, "
@@ -39,24 +46,31 @@ def _each_run(runs: dict[str, list[dict[str, float]]]) -> str:
     )
 
 
+def _row(key: str, label: str, fmt: str, kind: str, theirs: dict, ours: dict) -> str:
+    if key not in theirs or key not in ours:  # a metric newer than the results
+        return f"| {label} | n/a | n/a | |"
+    return (
+        f"| {label} | {fmt.format(theirs[key])} | {fmt.format(ours[key])} | "
+        f"{_compare(ours[key], theirs[key], kind)} |"
+    )
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = []
     for result in results:
-        w = result["workload"]
+        w, runs = result["workload"], result["runs"]["vllm"]
+        starts = len({run.get("round", index) for index, run in enumerate(runs)})
         lines += [
             f"**{w['name']}**: `{w['served_name']}`, {w['input_len']} in / {w['output_len']} out "
             f"tokens, {w['prompts']} prompts, {w['concurrency']} concurrent (medians of "
-            f"{len(result['runs']['vllm'])} alternated runs each)",
+            f"{len(runs)} runs of each server: {starts} alternated starts, "
+            f"{len(runs) // starts} {'run' if len(runs) == starts else 'runs'} each)",
             "",
             "| metric | vLLM's server | this app | this app / vLLM |",
             "|---|---|---|---|",
         ]
         theirs, ours = result["medians"]["vllm"], result["medians"]["ours"]
-        for key, label, fmt, kind in ROWS:
-            lines.append(
-                f"| {label} | {fmt.format(theirs[key])} | {fmt.format(ours[key])} | "
-                f"{_compare(ours[key], theirs[key], kind)} |"
-            )
+        lines += [_row(*row, theirs, ours) for row in ROWS]
         lines += ["", _each_run(result["runs"])]
         for job in result["jobs"]:
             sync, stream = job["runsync"], job["stream"]

@@ -1,7 +1,7 @@
 """Benchmark this application against vLLM's own OpenAI server, side by side, in one run.
 
     make bench                       # both workloads, 3 alternated rounds
-    python bench/run.py --workloads overhead --rounds 5
+    python bench/run.py --workloads overhead --rounds 5 --samples 5
 
 For each workload the same model is served with the same engine arguments (the `vllm serve`
 arguments this application derives from its environment, `plan`'s `vllm_argv`) by (a) vLLM's
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ from serve_app.model_files import resolve_model  # noqa: E402
 CACHE = ROOT / ".cache" / "bench"
 START_TIMEOUT_S = 900
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
-           "median_itl_ms", "p99_itl_ms")  # fmt: skip
+           "median_itl_ms", "p99_itl_ms", "longest_pause_ms")  # fmt: skip
 
 
 @dataclass
@@ -57,6 +59,10 @@ class Workload:
     output_len: int
     prompts: int
     concurrency: int
+    # Client runs per server start, each counted in the medians: the overhead workload's run
+    # lasts ~5 s, so a pause of the 2-core machine's moves one run by 20 %; three runs per start
+    # cost ~10 s more each (a server start costs ~60 s), the realistic run is a minute already.
+    samples: int = 1
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -66,7 +72,7 @@ def workloads(names: list[str]) -> list[Workload]:
     found = []
     if "overhead" in names:
         tiny = build_tiny_model(CACHE / "tiny")
-        found.append(Workload("overhead", str(tiny), "tiny", 64, 64, 200, 32))
+        found.append(Workload("overhead", str(tiny), "tiny", 64, 64, 200, 32, samples=3))
     if "realistic" in names:
         found.append(
             Workload(
@@ -187,12 +193,30 @@ def bench_client(
         "--num-prompts", str(prompts or workload.prompts),
         "--max-concurrency", str(workload.concurrency),
         "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
-        "--save-result", "--result-dir", str(result.parent), "--result-filename", result.name,
+        "--save-result", "--save-detailed",
+        "--result-dir", str(result.parent), "--result-filename", result.name,
         "--disable-tqdm", "--seed", "0",
     ]  # fmt: skip
     subprocess.run([sys.executable, "-c", code, *args], check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL, env=base_env())  # fmt: skip
-    return json.loads(result.read_text())
+    figures = json.loads(result.read_text())
+    return {**figures, "longest_pause_ms": longest_pause_ms(figures)}
+
+
+def longest_pause_ms(figures: dict[str, Any]) -> float:
+    """The longest time, after the first token, in which no stream of the run received one: a
+    stall of the whole server (or of the client's reading), which per-stream ITLs hide."""
+    arrivals = []
+    for start, ttft, itls in zip(
+        figures["start_times"], figures["ttfts"], figures["itls"], strict=True
+    ):
+        arrival = start + ttft
+        arrivals.append(arrival)
+        for itl in itls:
+            arrival += itl
+            arrivals.append(arrival)
+    arrivals.sort()
+    return 1000 * max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)
 
 
 SERVERS = {"vllm": vllm_server, "ours": our_server}
@@ -209,25 +233,58 @@ def warm_up(workload: Workload, port: int, tokenizer: str, logs: Path) -> None:
     bench_client(workload, port, tokenizer, logs / "warmup.json", workload.concurrency)
 
 
-def run_workload(workload: Workload, rounds: int, logs: Path) -> dict[str, Any]:
+Start = Callable[[Workload, int, Path], contextlib.AbstractContextManager[None]]
+
+
+def alternate(
+    workload: Workload,
+    servers: dict[str, tuple[Start, dict[str, str]]],
+    rounds: int,
+    logs: Path,
+    after_runs: Callable[[str, int, str, Workload], None] | None = None,
+) -> dict[str, list[dict[str, float]]]:
+    """`rounds` alternated starts of each named server (a start function and the variables it
+    adds to the workload's environment), warmed up, then `workload.samples` client runs per
+    start; each run's metrics, by server. `after_runs(name, round, url, workload)` runs while
+    the server is still up."""
     tokenizer = tokenizer_for(workload)
-    runs: dict[str, list[dict[str, Any]]] = {server: [] for server in SERVERS}
-    job_runs: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     for index in range(rounds):
-        for server, start in SERVERS.items():
+        for name, (start, env) in servers.items():
+            served = dataclasses.replace(workload, env={**workload.env, **env})
             port = free_port()
-            log = logs / f"{workload.name}-{server}-{index}.log"
-            print(f"[bench] {workload.name}: {server}, round {index + 1}/{rounds}", flush=True)
-            with start(workload, port, log):
-                warm_up(workload, port, tokenizer, logs)
-                result = bench_client(workload, port, tokenizer, logs / f"{log.stem}.json")
-                runs[server].append({m: result[m] for m in METRICS})
-                if server == "ours" and index == 0:
-                    job_runs.append(jobs.measure(f"http://127.0.0.1:{port}", workload))
-    medians = {
-        s: {m: statistics.median(r[m] for r in rs) for m in METRICS} for s, rs in runs.items()
-    }
-    return {"workload": vars(workload), "runs": runs, "medians": medians, "jobs": job_runs}
+            log = logs / f"{workload.name}-{name}-{index}.log"
+            print(f"[bench] {workload.name}: {name}, round {index + 1}/{rounds}", flush=True)
+            with start(served, port, log):
+                warm_up(served, port, tokenizer, logs)
+                for sample in range(workload.samples):
+                    result = bench_client(
+                        served, port, tokenizer, logs / f"{log.stem}-{sample}.json"
+                    )
+                    runs[name].append({"round": index, **{m: result[m] for m in METRICS}})
+                    print(f"[bench] {name}: " + ", ".join(
+                        f"{m} {result[m]:.1f}" for m in METRICS), flush=True)  # fmt: skip
+                if after_runs:
+                    after_runs(name, index, f"http://127.0.0.1:{port}", served)
+    return runs
+
+
+def medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {s: {m: statistics.median(r[m] for r in rs) for m in METRICS} for s, rs in runs.items()}
+
+
+def run_workload(workload: Workload, rounds: int, logs: Path) -> dict[str, Any]:
+    """Both servers alternated (medians over all runs of each), and this app's RunPod job
+    path measured once, after its first start's runs."""
+    job_runs: list[dict[str, Any]] = []
+
+    def measure_jobs(name: str, index: int, url: str, served: Workload) -> None:
+        if name == "ours" and index == 0:
+            job_runs.append(jobs.measure(url, served))
+
+    servers = {name: (start, {}) for name, start in SERVERS.items()}
+    runs = alternate(workload, servers, rounds, logs, measure_jobs)
+    return {"workload": vars(workload), "runs": runs, "medians": medians(runs), "jobs": job_runs}
 
 
 def main() -> None:
@@ -235,14 +292,20 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["overhead", "realistic"])
     parser.add_argument(
         "--rounds", type=int, default=3,
-        help="alternated rounds per server; the table shows their medians (of 3: the middle run)",
+        help="alternated starts of each server; the table shows the medians of their runs",
     )  # fmt: skip
+    parser.add_argument(
+        "--samples", type=int, help="client runs per start (default: overhead 3, realistic 1)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ns = parser.parse_args()
     logs = CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M")
-    results = [run_workload(w, ns.rounds, logs) for w in workloads(ns.workloads)]
+    chosen = workloads(ns.workloads)
+    if ns.samples:
+        chosen = [dataclasses.replace(w, samples=ns.samples) for w in chosen]
+    results = [run_workload(w, ns.rounds, logs) for w in chosen]
     command = "python bench/run.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
     report.write(results, ns.out, command=command, date=started)
 
