@@ -41,7 +41,7 @@ lint: setup
 	$(VENV)/bin/shellcheck -x cluster/*.sh .ci/run
 	$(VENV)/bin/hadolint Dockerfile
 
-# Side-by-side benchmark against vLLM's own server (about 40 minutes on 2 cores: 3 alternated starts of each server); see docs/benchmarks/.
+# Side-by-side benchmark against vLLM's own server (about 35 minutes on 2 cores: 3 alternated starts of each server); see docs/benchmarks/.
 bench: setup
 	$(call install,$(EXTRAS),bench)
 	$(PY) bench/run.py
