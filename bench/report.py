@@ -26,17 +26,21 @@ def _compare(ours: float, theirs: float, kind: str) -> str:
     return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
 
+def _by_start(runs: list[dict[str, float]]) -> list[list[dict[str, float]]]:
+    """A server's runs grouped by the start (round) they ran in, in order."""
+    starts: dict[float, list[dict[str, float]]] = {}
+    for run in runs:
+        starts.setdefault(run["round"], []).append(run)
+    return list(starts.values())
+
+
 def _each_run(runs: dict[str, list[dict[str, float]]]) -> str:
     """The runs behind the medians, in the order they ran (the spread is part of the result);
     the runs of one server start are bracketed, the starts separated by slashes."""
 
     def figures(server: str, key: str, fmt: str) -> str:
-        rounds: dict[float, list[str]] = {}
-        for index, run in enumerate(runs[server]):
-            rounds.setdefault(run.get("round", index), []).append(fmt.format(run[key]))
-        starts = [values[0] if len(values) == 1 else f"[{', '.join(values)}]"
-                  for values in rounds.values()]  # fmt: skip
-        return " / ".join(starts)
+        starts = [[fmt.format(run[key]) for run in start] for start in _by_start(runs[server])]
+        return " / ".join(v[0] if len(v) == 1 else f"[{', '.join(v)}]" for v in starts)
 
     return (
         f"Each run, output tok/s: vLLM's {figures('vllm', 'output_throughput', '{:.0f}')}, "
@@ -46,20 +50,11 @@ def _each_run(runs: dict[str, list[dict[str, float]]]) -> str:
     )
 
 
-def _row(key: str, label: str, fmt: str, kind: str, theirs: dict, ours: dict) -> str:
-    if key not in theirs or key not in ours:  # a metric newer than the results
-        return f"| {label} | n/a | n/a | |"
-    return (
-        f"| {label} | {fmt.format(theirs[key])} | {fmt.format(ours[key])} | "
-        f"{_compare(ours[key], theirs[key], kind)} |"
-    )
-
-
 def table(results: list[dict[str, Any]]) -> str:
     lines = []
     for result in results:
         w, runs = result["workload"], result["runs"]["vllm"]
-        starts = len({run.get("round", index) for index, run in enumerate(runs)})
+        starts = len(_by_start(runs))
         lines += [
             f"**{w['name']}**: `{w['served_name']}`, {w['input_len']} in / {w['output_len']} out "
             f"tokens, {w['prompts']} prompts, {w['concurrency']} concurrent (medians of "
@@ -70,7 +65,11 @@ def table(results: list[dict[str, Any]]) -> str:
             "|---|---|---|---|",
         ]
         theirs, ours = result["medians"]["vllm"], result["medians"]["ours"]
-        lines += [_row(*row, theirs, ours) for row in ROWS]
+        for key, label, fmt, kind in ROWS:
+            lines.append(
+                f"| {label} | {fmt.format(theirs[key])} | {fmt.format(ours[key])} | "
+                f"{_compare(ours[key], theirs[key], kind)} |"
+            )
         lines += ["", _each_run(result["runs"])]
         for job in result["jobs"]:
             sync, stream = job["runsync"], job["stream"]
