@@ -107,11 +107,15 @@ def app_env(workload: Workload) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running(command: list[str], env: dict[str, str], health_url: str, log: Path) -> Iterator[None]:
-    """Run a server until the block ends; every process it started is stopped after."""
+    """Run a server until the block ends; every process it started is stopped after.
+
+    The server gets its own process group (to stop it) but stays in this session: Linux's
+    autogroup scheduler shares the CPU between sessions, not processes, and a server in a
+    session of its own starved the benchmark client (in this session) for 0.2-5 s at a time
+    on two cores, whichever server it was (docs/benchmarks/README.md, step 9)."""
     with open(log, "w") as out:
         process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0,
         )  # fmt: skip
         tree: dict[int, psutil.Process] = {}
         try:
