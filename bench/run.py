@@ -177,18 +177,11 @@ def our_server(workload: Workload, port: int, log: Path):
     return running(command, app_env(workload), f"http://127.0.0.1:{port}/health", log)
 
 
-def bench_client(
+def client_args(
     workload: Workload, port: int, tokenizer: str, result: Path, prompts: int | None = None
-) -> dict[str, Any]:
-    """One run of vLLM's benchmark client; its result JSON."""
-    code = (
-        "import sys\n"
-        "from vllm.benchmarks.serve import add_cli_args, main\n"
-        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
-        "parser = FlexibleArgumentParser()\nadd_cli_args(parser)\n"
-        "main(parser.parse_args(sys.argv[1:]))\n"
-    )
-    args = [
+) -> list[str]:
+    """The arguments of one run of vLLM's benchmark client (`vllm bench serve`)."""
+    return [
         "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
         "--base-url", f"http://127.0.0.1:{port}", "--model", workload.served_name,
         "--tokenizer", tokenizer, "--dataset-name", "random",
@@ -201,10 +194,32 @@ def bench_client(
         "--result-dir", str(result.parent), "--result-filename", result.name,
         "--disable-tqdm", "--seed", "0",
     ]  # fmt: skip
-    subprocess.run([sys.executable, "-c", code, *args], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL, env=base_env())  # fmt: skip
+
+
+CLIENT_CODE = (
+    "import sys\n"
+    "from vllm.benchmarks.serve import add_cli_args, main\n"
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+    "def run(argv):\n"
+    "    parser = FlexibleArgumentParser()\n    add_cli_args(parser)\n"
+    "    main(parser.parse_args(argv))\n"
+)
+
+
+def read_result(result: Path) -> dict[str, Any]:
     figures = json.loads(result.read_text())
     return {**figures, "longest_pause_ms": longest_pause_ms(figures)}
+
+
+def bench_client(
+    workload: Workload, port: int, tokenizer: str, result: Path, prompts: int | None = None
+) -> dict[str, Any]:
+    """One run of vLLM's benchmark client, in a process of its own; its result JSON."""
+    code = CLIENT_CODE + "run(sys.argv[1:])\n"
+    args = client_args(workload, port, tokenizer, result, prompts)
+    subprocess.run([sys.executable, "-c", code, *args], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, env=base_env())  # fmt: skip
+    return read_result(result)
 
 
 def longest_pause_ms(figures: dict[str, Any]) -> float:
