@@ -20,11 +20,9 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
@@ -152,7 +150,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = out / "run.json"
     port = run.free_port()
-    runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+    runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     with run.SERVERS[ns.server](workload, port, out / f"{ns.server}.log"):
         roles = processes_by_role()
         if missing := [role for role in settings if not roles[role]]:
@@ -170,15 +168,15 @@ def main() -> None:
                         renice(role, nice)
                     client.run(run.client_args(workload, ports[side], tokenizer, result))
                     figures = run.read_result(result)
-                    runs[side].append(figures)
+                    runs[side].append({m: figures[m] for m in run.METRICS})
                     print(f"[ab] {side}: " + ", ".join(
                         f"{m} {figures[m]:.1f}" for m in run.METRICS), flush=True)  # fmt: skip
         finally:
             client.close()
-    kept = {side: [{m: f[m] for m in run.METRICS} for f in figs] for side, figs in runs.items()}
-    (out / "runs.json").write_text(json.dumps(kept, indent=1))
+    (out / "runs.json").write_text(json.dumps(runs, indent=1))
+    medians = run.medians(runs)
     for metric in run.METRICS:
-        a, b = (statistics.median(f[metric] for f in runs[side]) for side in ("A", "B"))
+        a, b = medians["A"][metric], medians["B"][metric]
         better = (lambda x, y: x > y) if metric == "output_throughput" else (lambda x, y: x < y)
         wins = sum(
             better(fb[metric], fa[metric]) for fa, fb in zip(runs["A"], runs["B"], strict=True)
