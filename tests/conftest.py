@@ -120,9 +120,15 @@ class DeployedApp:
         return self.cluster.base_url
 
     def handle(self, deployment: str = "LLM"):
+        """A handle for this (synchronous) test process. Serve's high-throughput mode
+        (RAY_SERVE_THROUGHPUT_OPTIMIZED, on here as in the app) routes a handle's calls on
+        the caller's event loop, which a test has not: this one gets its own loop."""
         from ray import serve
 
-        return serve.get_deployment_handle(deployment, app_name=self.name)
+        handle = serve.get_deployment_handle(deployment, app_name=self.name)
+        if not handle.is_initialized:  # Serve hands out the same handle again
+            handle._init(_run_router_in_separate_loop=True)
+        return handle
 
     def openai(self, prefix: str = "/v1", **kwargs: Any):
         from openai import OpenAI

@@ -184,7 +184,12 @@ def test_ray_settings_come_from_where_ray_starts_not_from_the_config():
         "args.RAY_SERVE_ENABLE_HA_PROXY: read by Ray when it starts, so it cannot come from "
         "serve_config.yaml: set it in the environment that starts Ray"
     ]
-    defaults = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
+    defaults = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_LOG_TO_STDERR": "1",
+    }
     assert ray_env_defaults({}) == defaults
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray_env_defaults({"RAY_SERVE_ENABLE_HA_PROXY": "0"})
     result = run_cli("ray-env", env=dict.fromkeys(defaults, ""))
