@@ -95,14 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--polls", type=int, default=500, help="sequential polls per route")
-    parser.add_argument(
-        "--variant", nargs="+", action="append", default=[], metavar=("NAME", "VAR=VALUE"),
-        help="a name and the variables it adds (repeat for several variants)",
-    )  # fmt: skip
+    run.add_variant_option(parser)
     ns = parser.parse_args()
-    variants = {"as configured": {}} | {
-        name: dict(pair.split("=", 1) for pair in pairs) for name, *pairs in ns.variant
-    }
+    variants = {"as configured": {}} | run.variants_of(ns)
     logs = run.CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     base = run.workloads(["overhead"])[0]

@@ -288,6 +288,19 @@ def alternate(
     return runs
 
 
+def add_variant_option(parser: argparse.ArgumentParser) -> None:
+    """`--variant NAME VAR=VALUE ...`, repeatable: this app again with variables added."""
+    parser.add_argument(
+        "--variant", nargs="+", action="append", default=[], metavar=("NAME", "VAR=VALUE"),
+        help="a name and the variables it adds (repeat for several variants)",
+    )  # fmt: skip
+
+
+def variants_of(ns: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """{name: {variable: value}} of the `--variant` options given."""
+    return {name: dict(pair.split("=", 1) for pair in pairs) for name, *pairs in ns.variant}
+
+
 def medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
     return {s: {m: statistics.median(r[m] for r in rs) for m in METRICS} for s, rs in runs.items()}
 

@@ -29,12 +29,9 @@ def main() -> None:
     parser.add_argument(
         "--samples", type=int, help="client runs per start (default: overhead 3, realistic 1)"
     )
-    parser.add_argument(
-        "--variant", nargs="+", action="append", default=[], metavar=("NAME", "VAR=VALUE"),
-        help="a name and the variables it adds (repeat for several variants)",
-    )  # fmt: skip
+    run.add_variant_option(parser)
     ns = parser.parse_args()
-    variants = {name: dict(pair.split("=", 1) for pair in pairs) for name, *pairs in ns.variant}
+    variants = run.variants_of(ns)
     out = run.CACHE / "variants"
     out.mkdir(parents=True, exist_ok=True)
     base = run.workloads([ns.workload])[0]
