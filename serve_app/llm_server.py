@@ -21,11 +21,14 @@ from fastapi import FastAPI
 from fastapi.responses import Response, StreamingResponse
 from ray.serve.handle import DeploymentHandle
 
-from . import engine_reaper
+from . import engine_reaper, priority
 from .config.plan import IngressOptions, ModelDeployment
 from .engine import LLMEngine, replica_id
 from .http_api import SSE_HEADERS, Route, build_http_app, serialized_json
+from .logs import get_logger
 from .replicas import deployment_states
+
+logger = get_logger(__name__)
 
 
 class LLMServer(LLMEngine):
@@ -34,6 +37,9 @@ class LLMServer(LLMEngine):
         # First, so engine processes never outlive this replica, even if it is killed.
         self._reaper = engine_reaper.start()
         super().__init__(model, *await self.boot(model))
+        # After the engine started: its processes keep Ray's priority (serve_app/priority.py).
+        done, message = priority.set_niceness(model.serve.niceness)
+        (logger.info if done else logger.warning)(message)
 
     async def ready(self) -> bool:
         """Answers once the replica runs: the router's probe while none does."""

@@ -386,3 +386,12 @@ def test_several_models_become_several_deployments_routed_by_name():
         "models[1]: MAX_MODEL_LEN='x'"
         in problems_of({}, {"models": [{}, {"MAX_MODEL_LEN": "x"}]})[0]
     )
+
+
+def test_the_llm_replica_runs_at_vllms_priority_unless_told_otherwise():
+    assert plan_of({}).models[0].serve.niceness == 0
+    assert plan_of({"LLM_REPLICA_NICENESS": "15"}).models[0].serve.niceness == 15
+    assert problems_of({"LLM_REPLICA_NICENESS": "-21"}) == [
+        "LLM_REPLICA_NICENESS='-21': must be at least -20"
+    ]
+    assert "niceness" not in plan_of({}).models[0].serve.deployment_options()

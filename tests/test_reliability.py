@@ -13,6 +13,8 @@ import asyncio
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -308,6 +310,24 @@ def test_the_replica_keeps_its_start_up_heap_out_of_garbage_collection(app):
     in every stream of the replica."""
     stats = app.handle().stats.remote().result()
     assert stats["gc_frozen_objects"] > 100_000, stats
+
+
+def may_raise_priority() -> bool:
+    """Whether processes here may go below nice 15 (CAP_SYS_NICE: root outside a container)."""
+    code = "import os; os.nice(15); os.setpriority(os.PRIO_PROCESS, 0, 0)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_the_replica_runs_at_vllms_priority_and_its_engine_at_rays(app):
+    """LLM_REPLICA_NICENESS (default 0): every thread of the LLM replica, which does what
+    `vllm serve`'s API server does, at 0 (Ray starts workers at 15); its engine's processes,
+    started before, stay at Ray's 15. Without the right to go below 15, all stay at 15."""
+    replica = psutil.Process(app.handle().stats.remote().result()["pid"])
+    engine = [p for p in replica.children() if "EngineCore" in " ".join(p.cmdline())]
+    expected = 0 if may_raise_priority() else 15
+    threads = {t.id: os.getpriority(os.PRIO_PROCESS, t.id) for t in replica.threads()}
+    assert set(threads.values()) == {expected}, threads
+    assert engine and all(p.nice() == 15 for p in engine)
 
 
 def test_soak_mixed_traffic_above_capacity_leaves_nothing_behind(app):

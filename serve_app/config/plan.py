@@ -70,6 +70,7 @@ class ServeOptions(BaseModel):
     graceful_shutdown_timeout_s: float = 30.0
     placement: ReplicaPlacement
     check_placement: bool = True
+    niceness: int = 0  # of the replica's process once its engine runs (serve_app/priority.py)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -434,6 +435,7 @@ def build_model_deployment(
             autoscaling=autoscaling,
             placement=placement,
             check_placement=not values["SKIP_PLACEMENT_CHECK"],
+            niceness=values["LLM_REPLICA_NICENESS"],
         ),
         env_vars=env_vars,
         jobs=JobOutputOptions(
