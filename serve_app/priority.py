@@ -21,8 +21,11 @@ import os
 
 
 def thread_ids() -> list[int]:
-    """This process's threads (Linux)."""
-    return [int(tid) for tid in os.listdir("/proc/self/task")]
+    """This process's threads on Linux; elsewhere [0], the whole process."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except FileNotFoundError:
+        return [0]
 
 
 def set_niceness(value: int) -> tuple[bool, str]:

@@ -327,7 +327,7 @@ def test_the_replica_runs_at_vllms_priority_and_its_engine_at_rays(app):
     expected = 0 if may_raise_priority() else 15
     threads = {t.id: os.getpriority(os.PRIO_PROCESS, t.id) for t in replica.threads()}
     assert set(threads.values()) == {expected}, threads
-    assert engine and all(p.nice() == 15 for p in engine)
+    assert engine and all(p.nice() >= 15 for p in engine)  # Ray's worker priority
 
 
 def test_soak_mixed_traffic_above_capacity_leaves_nothing_behind(app):
