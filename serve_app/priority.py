@@ -17,6 +17,7 @@ how to allow it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -28,26 +29,25 @@ def thread_ids() -> list[int]:
         return [0]
 
 
+def _set_threads(value: int, tolerate: tuple[type[OSError], ...] = (ProcessLookupError,)) -> None:
+    """Every thread at nice `value`; a thread that ended meanwhile is skipped."""
+    for tid in thread_ids():
+        with contextlib.suppress(*tolerate):
+            os.setpriority(os.PRIO_PROCESS, tid, value)
+
+
 def set_niceness(value: int) -> tuple[bool, str]:
     """Set every thread of this process to nice `value`: (done, what happened for the log)."""
     before = os.getpriority(os.PRIO_PROCESS, 0)
     try:
-        for tid in thread_ids():
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, value)
-            except ProcessLookupError:  # the thread ended meanwhile
-                continue
+        _set_threads(value)
     except PermissionError:
-        for tid in thread_ids():  # all threads alike again, as before
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, before)
-            except (ProcessLookupError, PermissionError):
-                continue
+        _set_threads(before, (ProcessLookupError, PermissionError))  # all alike, as before
         return False, (
             f"LLM_REPLICA_NICENESS={value}: not allowed to raise this replica's priority "
             f"above nice {before} (that needs CAP_SYS_NICE: root, or `docker run --cap-add "
-            "SYS_NICE`); it keeps nice "
-            f"{before}. LLM_REPLICA_NICENESS={before} keeps it without this warning."
+            f"SYS_NICE`); it keeps nice {before}. LLM_REPLICA_NICENESS={before} keeps it "
+            "without this warning."
         )
     after = os.getpriority(os.PRIO_PROCESS, 0)
     return True, f"LLM replica at nice {after} (was {before}); its engine's processes keep {before}"
