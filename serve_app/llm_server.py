@@ -37,9 +37,12 @@ class LLMServer(LLMEngine):
         # First, so engine processes never outlive this replica, even if it is killed.
         self._reaper = engine_reaper.start()
         super().__init__(model, *await self.boot(model))
-        # After the engine started: its processes keep Ray's priority (serve_app/priority.py).
-        done, message = priority.set_niceness(model.serve.niceness)
-        (logger.info if done else logger.warning)(message)
+        # Once the engine runs: its processes and this one (serve_app/priority.py).
+        for done, message in (
+            priority.set_engine_niceness(model.serve.engine_niceness, {self._reaper.pid}),
+            priority.set_replica_niceness(model.serve.niceness),
+        ):
+            (logger.info if done else logger.warning)(message)
 
     async def ready(self) -> bool:
         """Answers once the replica runs: the router's probe while none does."""

@@ -186,6 +186,7 @@ def test_ray_settings_come_from_where_ray_starts_not_from_the_config():
     ]
     defaults = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_worker_niceness": "0",
         "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_LOG_TO_STDERR": "1",
@@ -388,10 +389,13 @@ def test_several_models_become_several_deployments_routed_by_name():
     )
 
 
-def test_the_llm_replica_runs_at_vllms_priority_unless_told_otherwise():
-    assert plan_of({}).models[0].serve.niceness == 0
+def test_the_llm_replica_runs_at_vllms_priority_and_its_engine_at_rays_unless_told_otherwise():
+    serve = plan_of({}).models[0].serve
+    assert (serve.niceness, serve.engine_niceness) == (0, 15)
     assert plan_of({"LLM_REPLICA_NICENESS": "15"}).models[0].serve.niceness == 15
-    assert problems_of({"LLM_REPLICA_NICENESS": "-21"}) == [
-        "LLM_REPLICA_NICENESS='-21': must be at least -20"
+    assert plan_of({"LLM_ENGINE_NICENESS": "0"}).models[0].serve.engine_niceness == 0
+    assert problems_of({"LLM_REPLICA_NICENESS": "-21", "LLM_ENGINE_NICENESS": "-30"}) == [
+        "LLM_REPLICA_NICENESS='-21': must be at least -20",
+        "LLM_ENGINE_NICENESS='-30': must be at least -20",
     ]
-    assert "niceness" not in plan_of({}).models[0].serve.deployment_options()
+    assert not {"niceness", "engine_niceness"} & set(serve.deployment_options())

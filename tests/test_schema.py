@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+from pydantic import ValidationError
+
 from serve_app.config import vllm_args
-from serve_app.config.schema import load_schema
+from serve_app.config.schema import EnvVar, load_schema
 from serve_app.docs import check_readme
 
 # Every variable of worker-vllm's README tables ("Environment Variables"): an existing
@@ -130,3 +133,13 @@ def test_vllm_targets_are_real_vllm_serve_arguments_with_compatible_choices():
 
 def test_readme_reference_is_generated_from_the_schema():
     assert check_readme(), "README.md is out of date: run `make docs`"
+
+
+def test_only_rays_own_settings_may_keep_rays_lower_case_spelling():
+    variable = {"category": "ray", "type": "int", "serverless": False, "description": "x"}
+    assert EnvVar(name="RAY_worker_niceness", target="ray", **variable)
+    with pytest.raises(ValidationError, match="only Ray's own settings"):
+        EnvVar(name="RAY_worker_niceness", target="app", **variable)
+    for name in ("LLM_engine", "ray_WORKER", "RAY_Worker"):
+        with pytest.raises(ValidationError, match="is not UPPER_SNAKE"):
+            EnvVar(name=name, target="ray", **variable)

@@ -70,7 +70,9 @@ class ServeOptions(BaseModel):
     graceful_shutdown_timeout_s: float = 30.0
     placement: ReplicaPlacement
     check_placement: bool = True
-    niceness: int = 0  # of the replica's process once its engine runs (serve_app/priority.py)
+    # Of the replica's process and its engine's, once the engine runs (serve_app/priority.py).
+    niceness: int = 0
+    engine_niceness: int = 15
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -436,6 +438,7 @@ def build_model_deployment(
             placement=placement,
             check_placement=not values["SKIP_PLACEMENT_CHECK"],
             niceness=values["LLM_REPLICA_NICENESS"],
+            engine_niceness=values["LLM_ENGINE_NICENESS"],
         ),
         env_vars=env_vars,
         jobs=JobOutputOptions(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9_]*")
+RAY_CONFIG_NAME = re.compile(r"RAY_[a-z][a-z0-9_]*")  # Ray's internal settings, as Ray spells them
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "configs" / "env_vars.yaml"
 
@@ -68,9 +72,15 @@ class EnvVar(BaseModel):
     @field_validator("name")
     @classmethod
     def _upper_snake(cls, name: str) -> str:
-        if not name.replace("_", "").isalnum() or name.upper() != name:
+        if not (UPPER_SNAKE.fullmatch(name) or RAY_CONFIG_NAME.fullmatch(name)):
             raise ValueError(f"{name!r} is not UPPER_SNAKE")
         return name
+
+    @model_validator(mode="after")
+    def _ray_config_names_are_rays(self) -> EnvVar:
+        if RAY_CONFIG_NAME.fullmatch(self.name) and not self.target.ray:
+            raise ValueError(f"{self.name!r}: only Ray's own settings (target ray) spell so")
+        return self
 
 
 class Category(BaseModel):
