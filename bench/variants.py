@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("workload", choices=["overhead", "realistic"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--samples", type=int, help="client runs per start (default: overhead 3, realistic 1)"
+        "--samples", type=int, help="client runs per start (default: overhead 3, realistic 2)"
     )
     run.add_variant_option(parser)
     ns = parser.parse_args()
