@@ -162,11 +162,13 @@ def main() -> None:
         client = ResidentClient()
         try:
             client.run(run.client_args(workload, port, tokenizer, result, workload.concurrency))
+            seed = 0  # the warm-up's; every run gets prompts of its own (run.client_args)
             for index in range(ns.pairs):
                 for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
                     for role, nice in (settings if side == "B" else original).items():
                         renice(role, nice)
-                    client.run(run.client_args(workload, ports[side], tokenizer, result))
+                    seed += 1
+                    client.run(run.client_args(workload, ports[side], tokenizer, result, seed=seed))
                     figures = run.read_result(result)
                     runs[side].append({m: figures[m] for m in run.METRICS})
                     print(f"[ab] {side}: " + ", ".join(

@@ -71,7 +71,7 @@ def measure(
     with run.SERVERS[server](workload, port, logs / f"cpu-{workload.name}-{server}.log"):
         run.warm_up(workload, port, tokenizer, logs)
         before, client_before, started = cpu_seconds(), children_cpu(), time.monotonic()
-        result = run.bench_client(workload, port, tokenizer, logs / "cpu.json", prompts)
+        result = run.bench_client(workload, port, tokenizer, logs / "cpu.json", prompts, seed=1)
         after, wall = cpu_seconds(), time.monotonic() - started
         client = children_cpu() - client_before
     tokens = result["total_output_tokens"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 from typing import Any
@@ -47,21 +48,27 @@ async def _stream(client: httpx.AsyncClient, job: dict[str, Any]) -> tuple[float
 
 
 async def _measure(base_url: str, workload: Any) -> dict[str, Any]:
-    job = {
-        "prompt": "hello " * workload.input_len,
-        "sampling_params": {
-            "max_tokens": workload.output_len,
-            "temperature": 0,
-            "ignore_eos": True,
-        },
-    }
+    numbers = itertools.count()
+
+    def job() -> dict[str, Any]:
+        """A prompt of its own (a number first): a repeated one would be prefilled from vLLM's
+        prefix cache."""
+        return {
+            "prompt": f"{next(numbers)} " + "hello " * (workload.input_len - 1),
+            "sampling_params": {
+                "max_tokens": workload.output_len,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        }
+
     count = min(workload.prompts, 64)
     limit = asyncio.Semaphore(workload.concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
 
         async def bounded(coro_fn):
             async with limit:
-                return await coro_fn(client, job)
+                return await coro_fn(client, job())
 
         started = time.monotonic()
         sync = await asyncio.gather(*(bounded(_runsync) for _ in range(count)))
