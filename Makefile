@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,test
 CONFIG ?= serve_config.yaml
+comma := ,
 
 .PHONY: setup serve test lint plan docs bench clean-venv
 
@@ -43,7 +44,7 @@ lint: setup
 
 # Side-by-side benchmark against vLLM's own server (about 35 minutes on 2 cores: 3 alternated starts of each server); see docs/benchmarks/.
 bench: setup
-	$(call install,$(EXTRAS),bench)
+	$(call install,$(EXTRAS)$(comma)bench)
 	$(PY) bench/run.py
 
 plan: setup
