@@ -6,12 +6,13 @@
 
 A is the server as it started; B is the same server with the processes of the given roles
 reniced (`server`: vLLM's API server or this app's LLM replica; `engine`: vLLM's engine core;
-`worker`: vLLM's worker; `haproxy`) and/or, with `--direct`, the client sent straight to the
-replica's own HTTP port instead of Serve's HAProxy. Runs go A B, B A, ... (`--pairs` pairs) with
-one resident benchmark client (vLLM's, imported once: a run then takes seconds, not the ~10 s
-of a fresh client), so neither start-to-start variance nor a drifting machine favours a side.
-Prints each run, the medians and in how many pairs B did better. Only processes of this
-session are touched (the benchmark starts its servers in it); nothing is written under docs/.
+`worker`: vLLM's worker; `haproxy`; `background`: Ray's processes that BACKGROUND_NICENESS
+raises) and/or, with `--direct`, the client sent straight to the replica's own HTTP port
+instead of Serve's HAProxy. Runs go A B, B A, ... (`--pairs` pairs) with one resident benchmark
+client (vLLM's, imported once: a run then takes seconds, not the ~10 s of a fresh client), so
+neither start-to-start variance nor a drifting machine favours a side. Prints each run, the
+medians and in how many pairs B did better. Only processes of this session are touched (the
+benchmark starts its servers in it); nothing is written under docs/.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import run  # noqa: E402
+from serve_app import priority  # noqa: E402
 
-ROLES = ("server", "engine", "worker", "haproxy")
+ROLES = ("server", "engine", "worker", "haproxy", "background")
 
 
 def role_of(process: psutil.Process) -> str | None:
@@ -56,12 +58,22 @@ def processes_by_role() -> dict[str, list[psutil.Process]]:
     """The serving processes of this session, by role."""
     found: dict[str, list[psutil.Process]] = {role: [] for role in ROLES}
     session = os.getsid(0)
+    everything, raylets = [], []
     for process in psutil.process_iter():
         try:
-            if os.getsid(process.pid) == session and (role := role_of(process)):
+            cmdline = " ".join(process.cmdline())
+            everything.append(priority.ProcessInfo(process.pid, process.ppid(), cmdline))
+            if os.getsid(process.pid) != session:
+                continue
+            if process.name() == "raylet":
+                raylets.append(process.pid)
+            if role := role_of(process):
                 found[role].append(process)
         except (psutil.Error, ProcessLookupError):
             continue
+    for raylet in raylets:  # the set this app's replicas raise (BACKGROUND_NICENESS)
+        found["background"] += [psutil.Process(pid) for pid in
+                                priority.background_pids(everything, raylet)]  # fmt: skip
     return found
 
 

@@ -37,10 +37,12 @@ class LLMServer(LLMEngine):
         # First, so engine processes never outlive this replica, even if it is killed.
         self._reaper = engine_reaper.start()
         super().__init__(model, *await self.boot(model))
-        # Once the engine runs: its processes and this one (serve_app/priority.py).
+        # Once the engine runs: its processes, this one, and Ray's background processes on
+        # this node (serve_app/priority.py).
         for done, message in (
             priority.set_engine_niceness(model.serve.engine_niceness, {self._reaper.pid}),
             priority.set_replica_niceness(model.serve.niceness),
+            priority.set_background_niceness(model.serve.background_niceness),
         ):
             (logger.info if done else logger.warning)(message)
 

@@ -1,5 +1,5 @@
-"""Scheduling priorities of the LLM replica and its engine (LLM_REPLICA_NICENESS,
-LLM_ENGINE_NICENESS).
+"""Scheduling priorities of the LLM replica, its engine and Ray's background processes on its
+node (LLM_REPLICA_NICENESS, LLM_ENGINE_NICENESS, BACKGROUND_NICENESS).
 
 The LLM replica's process is what `vllm serve`'s API server is (HTTP, chat templates,
 tokenization, detokenization, streaming), and vLLM runs that at nice 0. Ray starts its workers
@@ -17,6 +17,15 @@ at 15 by someone else, the replica lowers its own value to LLM_REPLICA_NICENESS 
 needs CAP_SYS_NICE (root outside a container; `docker run --cap-add SYS_NICE`); without it the
 replica keeps its priority and says how to allow it.
 
+Ray's and Serve's own processes that no request passes through (GCS, dashboard, dashboard and
+runtime-env agents, log monitor, autoscaler monitor, Serve's controller and its Python proxy,
+idle beside Serve's HAProxy) take about 14 % of a core between them under load, and at nice 0
+they preempt the replica and the engine whenever their timers fire. Each LLM replica raises
+those on its node to BACKGROUND_NICENESS (19), where they run in the CPU the serving path
+leaves (docs/benchmarks step 16). Left as they are: the raylet (workers started later inherit
+its value, and a new replica could not lower its own), every Serve replica, and Serve's
+HAProxy manager (HAProxy, on the token path, inherits its value when it restarts).
+
 Linux keeps a nice value per thread (new threads inherit their creator's), so every thread of
 a process is set.
 """
@@ -25,6 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import psutil
 
@@ -82,3 +94,102 @@ def set_engine_niceness(value: int, exclude: set[int]) -> tuple[bool, str]:
         return True, "LLM_ENGINE_NICENESS: the engine runs no processes of its own here"
     pids = ", ".join(map(str, engine))
     return set_niceness(value, engine, "LLM_ENGINE_NICENESS", f"the engine's processes ({pids})")
+
+
+# Ray's processes that its raylet starts and no request passes through, by process title.
+BACKGROUND_ACTORS = (
+    "ray::DashboardAgent",
+    "ray::RuntimeEnvAgent",
+    "ray::ServeController",
+    "ray::ProxyActor",
+)
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    cmdline: str  # Ray's workers show their title here (`ray::ServeController`)
+
+
+def session_dir(raylet_cmdline: str) -> str | None:
+    """The Ray session directory a raylet serves, from its command line."""
+    found = re.search(r"--session_dir=(\S+)", raylet_cmdline)
+    return found.group(1) if found else None
+
+
+def background_pids(processes: Iterable[ProcessInfo], raylet: int) -> list[int]:
+    """The processes of `raylet`'s Ray session on this machine that no request passes through:
+    the daemons started beside the raylet (GCS, dashboard, log monitor, monitor: their command
+    lines name the session's directory), the raylet's children titled as BACKGROUND_ACTORS,
+    and all their descendants. Never a raylet (another node's may run on this machine), the
+    raylet's ancestors, or any other process a raylet started (replicas, HAProxy's manager,
+    user actors) or their children."""
+    by_pid = {p.pid: p for p in processes}
+    children: dict[int, list[int]] = {}
+    for p in by_pid.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+
+    def descendants(pid: int) -> set[int]:
+        found, todo = set(), [pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
+    if raylet not in by_pid:
+        return []
+    actors: set[int] = set()
+    for pid in children.get(raylet, []):
+        if by_pid[pid].cmdline.startswith(BACKGROUND_ACTORS):
+            actors |= {pid} | descendants(pid)
+    protected: set[int] = set()
+    for p in by_pid.values():  # ours and those of other nodes on this machine (tests, ...)
+        if p.pid == raylet or p.cmdline.split(" ", 1)[0].rsplit("/", 1)[-1] == "raylet":
+            protected |= {p.pid} | descendants(p.pid)
+    protected -= actors
+    ancestor = by_pid[raylet].ppid
+    while ancestor in by_pid and ancestor not in protected:
+        protected.add(ancestor)
+        ancestor = by_pid[ancestor].ppid
+    found = set(actors)
+    if session := session_dir(by_pid[raylet].cmdline):
+        names_session = re.compile(re.escape(session) + r"(/|\s|$)")
+        for p in by_pid.values():
+            if p.pid not in protected and p.pid not in found and names_session.search(p.cmdline):
+                found |= {p.pid} | descendants(p.pid)
+    return sorted(found - protected)
+
+
+def set_background_niceness(value: int) -> tuple[bool, str]:
+    """Ray's background processes on this node (background_pids; this process's parent is its
+    raylet) raised to at least nice `value`; none is lowered. A process this user may not
+    change (another user's) is skipped and named."""
+    raylet = psutil.Process().parent()
+    if raylet is None or raylet.name() != "raylet":
+        return True, "BACKGROUND_NICENESS: not started by a raylet; no Ray processes to set"
+    processes = []
+    for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        info = process.info
+        processes.append(ProcessInfo(info["pid"], info["ppid"], " ".join(info["cmdline"] or [])))
+    raised, refused = [], []
+    for pid in background_pids(processes, raylet.pid):
+        try:
+            if os.getpriority(os.PRIO_PROCESS, pid) < value:
+                _set_threads(pid, value)
+                raised.append(pid)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            refused.append(pid)
+    message = (
+        f"{len(raised)} of Ray's background processes on this node raised to nice {value} "
+        f"({', '.join(map(str, raised))})"
+        if raised
+        else f"Ray's background processes on this node at nice {value} or above already"
+    )
+    if refused:
+        message += f"; not allowed to change {', '.join(map(str, refused))} (another user's)"
+    return not refused, message

