@@ -19,12 +19,14 @@ replica keeps its priority and says how to allow it.
 
 Ray's and Serve's own processes that no request passes through (GCS, dashboard, dashboard and
 runtime-env agents, log monitor, autoscaler monitor, Serve's controller and its Python proxy,
-idle beside Serve's HAProxy) take about 14 % of a core between them under load, and at nice 0
-they preempt the replica and the engine whenever their timers fire. Each LLM replica raises
-those on its node to BACKGROUND_NICENESS (19), where they run in the CPU the serving path
-leaves (docs/benchmarks step 16). Left as they are: the raylet (workers started later inherit
-its value, and a new replica could not lower its own), every Serve replica, and Serve's
-HAProxy manager (HAProxy, on the token path, inherits its value when it restarts).
+idle beside Serve's HAProxy) take about 11 % of a core between them under load, and at nice 0
+they preempt the replica and the engine whenever their timers fire. With BACKGROUND_NICENESS
+(say 19) each LLM replica raises those on its node, where they run in the CPU the serving path
+leaves: 1.05x on the OpenAI benchmark, but RunPod `/run` + `/stream` jobs at half the rate,
+not yet explained, so it is off (0) by default (docs/benchmarks step 16). Left as they are: the
+raylet (workers started later inherit its value, and a new replica could not lower its own),
+every Serve replica, and Serve's HAProxy manager (HAProxy, on the token path, inherits its
+value when it restarts).
 
 Linux keeps a nice value per thread (new threads inherit their creator's), so every thread of
 a process is set.

@@ -391,10 +391,10 @@ def test_several_models_become_several_deployments_routed_by_name():
 
 def test_the_llm_replica_runs_at_vllms_priority_and_its_engine_at_rays_unless_told_otherwise():
     serve = plan_of({}).models[0].serve
-    assert (serve.niceness, serve.engine_niceness, serve.background_niceness) == (0, 15, 19)
+    assert (serve.niceness, serve.engine_niceness, serve.background_niceness) == (0, 15, 0)
     assert plan_of({"LLM_REPLICA_NICENESS": "15"}).models[0].serve.niceness == 15
     assert plan_of({"LLM_ENGINE_NICENESS": "0"}).models[0].serve.engine_niceness == 0
-    assert plan_of({"BACKGROUND_NICENESS": "0"}).models[0].serve.background_niceness == 0
+    assert plan_of({"BACKGROUND_NICENESS": "19"}).models[0].serve.background_niceness == 19
     assert problems_of({"LLM_REPLICA_NICENESS": "-21", "LLM_ENGINE_NICENESS": "-30"}) == [
         "LLM_REPLICA_NICENESS='-21': must be at least -20",
         "LLM_ENGINE_NICENESS='-30': must be at least -20",

@@ -53,6 +53,7 @@ def app(serve_cluster, tiny_model: Path, tmp_path_factory):
         "BASE_PATH": str(tmp_path_factory.mktemp("base")),
         "DISABLE_LOG_STATS": "1",
         "DISABLE_LOG_REQUESTS": "0",  # request logs on: they must not carry secrets either
+        "BACKGROUND_NICENESS": "19",  # off by default (serve_app/priority.py)
     }
     with serve_cluster.deployed(env) as app:
         yield app
@@ -329,7 +330,7 @@ def test_the_replica_runs_at_vllms_priority_and_its_engine_at_rays(app):
 
 def test_rays_processes_off_the_token_path_run_below_the_serving_ones(app):
     """The replica raised Ray's background processes on its node (GCS, dashboard, agents, log
-    monitor, Serve's controller and Python proxy) to BACKGROUND_NICENESS's 19; the raylet,
+    monitor, Serve's controller and Python proxy) to BACKGROUND_NICENESS=19; the raylet,
     Serve's HAProxy manager and HAProxy, and the job queue's replica stay at Ray's 0."""
     replica = psutil.Process(app.handle().stats.remote().result()["pid"])
     raylet = replica.parent()

@@ -73,7 +73,7 @@ class ServeOptions(BaseModel):
     # Of the replica's process and its engine's, once the engine runs (serve_app/priority.py).
     niceness: int = 0
     engine_niceness: int = 15
-    background_niceness: int = 19  # Ray's processes off the token path on the replica's node
+    background_niceness: int = 0  # Ray's processes off the token path on the replica's node
 
     @computed_field  # type: ignore[prop-decorator]
     @property
