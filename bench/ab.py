@@ -58,11 +58,9 @@ def processes_by_role() -> dict[str, list[psutil.Process]]:
     """The serving processes of this session, by role."""
     found: dict[str, list[psutil.Process]] = {role: [] for role in ROLES}
     session = os.getsid(0)
-    everything, raylets = [], []
+    raylets = []
     for process in psutil.process_iter():
         try:
-            cmdline = " ".join(process.cmdline())
-            everything.append(priority.ProcessInfo(process.pid, process.ppid(), cmdline))
             if os.getsid(process.pid) != session:
                 continue
             if process.name() == "raylet":
@@ -71,9 +69,9 @@ def processes_by_role() -> dict[str, list[psutil.Process]]:
                 found[role].append(process)
         except (psutil.Error, ProcessLookupError):
             continue
+    table = priority.process_table()
     for raylet in raylets:  # the set this app's replicas raise (BACKGROUND_NICENESS)
-        found["background"] += [psutil.Process(pid) for pid in
-                                priority.background_pids(everything, raylet)]  # fmt: skip
+        found["background"] += [psutil.Process(p) for p in priority.background_pids(table, raylet)]
     return found
 
 

@@ -114,6 +114,14 @@ class ProcessInfo:
     cmdline: str  # Ray's workers show their title here (`ray::ServeController`)
 
 
+def process_table() -> list[ProcessInfo]:
+    """Every process of this machine, as background_pids reads them."""
+    return [
+        ProcessInfo(p.info["pid"], p.info["ppid"], " ".join(p.info["cmdline"] or []))
+        for p in psutil.process_iter(["pid", "ppid", "cmdline"])
+    ]
+
+
 def session_dir(raylet_cmdline: str) -> str | None:
     """The Ray session directory a raylet serves, from its command line."""
     found = re.search(r"--session_dir=(\S+)", raylet_cmdline)
@@ -167,17 +175,16 @@ def background_pids(processes: Iterable[ProcessInfo], raylet: int) -> list[int]:
 
 def set_background_niceness(value: int) -> tuple[bool, str]:
     """Ray's background processes on this node (background_pids; this process's parent is its
-    raylet) raised to at least nice `value`; none is lowered. A process this user may not
-    change (another user's) is skipped and named."""
+    raylet) raised to at least nice `value`; none is lowered, and 0 (the default) leaves them
+    all as Ray started them. A process this user may not change (another user's) is skipped
+    and named."""
+    if value == 0:
+        return True, "BACKGROUND_NICENESS=0: Ray's background processes left as Ray started them"
     raylet = psutil.Process().parent()
     if raylet is None or raylet.name() != "raylet":
         return True, "BACKGROUND_NICENESS: not started by a raylet; no Ray processes to set"
-    processes = []
-    for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
-        info = process.info
-        processes.append(ProcessInfo(info["pid"], info["ppid"], " ".join(info["cmdline"] or [])))
     raised, refused = [], []
-    for pid in background_pids(processes, raylet.pid):
+    for pid in background_pids(process_table(), raylet.pid):
         try:
             if os.getpriority(os.PRIO_PROCESS, pid) < value:
                 _set_threads(pid, value)

@@ -148,3 +148,11 @@ def test_outside_ray_no_process_is_touched():
     """A process whose parent is no raylet (the serverless worker, a script) changes nothing."""
     done, message = priority.set_background_niceness(19)
     assert done is True and message.startswith("BACKGROUND_NICENESS: not started by a raylet")
+
+
+def test_at_zero_nothing_is_looked_at_or_touched():
+    """The default leaves Ray's processes as Ray started them (even below 0)."""
+    assert priority.set_background_niceness(0) == (
+        True,
+        "BACKGROUND_NICENESS=0: Ray's background processes left as Ray started them",
+    )

@@ -335,11 +335,7 @@ def test_rays_processes_off_the_token_path_run_below_the_serving_ones(app):
     replica = psutil.Process(app.handle().stats.remote().result()["pid"])
     raylet = replica.parent()
     assert raylet.name() == "raylet"
-    table = [
-        priority.ProcessInfo(p.pid, p.info["ppid"], " ".join(p.info["cmdline"] or []))
-        for p in psutil.process_iter(["ppid", "cmdline"])
-    ]
-    background = priority.background_pids(table, raylet.pid)
+    background = priority.background_pids(priority.process_table(), raylet.pid)
     titles = {" ".join(psutil.Process(pid).cmdline()) for pid in background}
     for title in ("ray::ServeController", "ray::ProxyActor", "ray::DashboardAgent"):
         assert any(t.startswith(title) for t in titles), titles
