@@ -8,6 +8,7 @@ when it ends (collected by PID, not by name).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -157,6 +158,17 @@ def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.2) -> An
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+async def reached(predicate: Any, timeout: float = 5.0) -> None:
+    """In a test's event loop: let other tasks run until `predicate()` holds, or fail after
+    `timeout` (a fixed sleep is not enough on a loaded machine: a stalled process can resume
+    with the sleep's timer due before the tasks it waits for have run)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.001)
 
 
 def wait_until_running(app_name: str, timeout: float = APP_START_TIMEOUT_S) -> None:

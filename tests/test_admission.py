@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from serve_app.admission import GenerationSlots, Overloaded
+from tests.conftest import reached
 
 
 async def hold(slots: GenerationSlots, started: list[int], i: int, release: asyncio.Event):
@@ -27,7 +28,7 @@ def test_slots_run_the_limit_queue_in_order_and_refuse_past_the_line():
             async with slots.slot():
                 pass
         release[1].set()
-        await asyncio.sleep(0.01)
+        await reached(lambda: len(started) == 3)
         assert started == [0, 1, 2]  # first come, first served
         for event in release:
             event.set()

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from serve_app.streams import coalesce
+from tests.conftest import reached
 
 
 async def chunks(items: list[str], gaps: list[float], closed: list[bool] | None = None):
@@ -21,10 +22,10 @@ async def chunks(items: list[str], gaps: list[float], closed: list[bool] | None 
 
 def test_the_first_chunk_goes_at_once_and_a_busy_consumer_gets_the_rest_joined():
     async def scenario():
-        out = []
-        stream = coalesce(chunks(["a", "b", "c", "d"], [0, 0.001, 0.001, 0.001]))
+        out, source_done = [], []
+        stream = coalesce(chunks(["a", "b", "c", "d"], [0, 0.001, 0.001, 0.001], source_done))
         out.append(await anext(stream))
-        await asyncio.sleep(0.05)  # the consumer is busy: b, c, d arrive meanwhile
+        await reached(lambda: source_done)  # the consumer is busy: b, c, d arrive meanwhile
         out += [item async for item in stream]
         return out
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import asyncio
 
 from serve_app.jobs.waiting_line import WaitingLine
+from tests.conftest import reached
 
 LONG = 60.0  # a backoff no test waits out
+
+
+async def settled() -> None:
+    """Time for anything a bug would wrongly wake to run (a slow machine only makes this
+    check weaker, never wrong)."""
+    await asyncio.sleep(0.05)
 
 
 def test_only_the_head_asks_and_the_others_follow_in_order():
@@ -23,15 +30,18 @@ def test_only_the_head_asks_and_the_others_follow_in_order():
             ticket.leave()
 
         tasks = [asyncio.create_task(job(i)) for i in range(3)]
-        await asyncio.sleep(0.01)
+        await reached(lambda: len(asked) == 1)
+        await settled()
         assert asked == [0]  # the head asked once; 1 and 2 wait without asking
         line.capacity_freed()
-        await asyncio.sleep(0.01)
+        await reached(lambda: len(asked) == 3)
+        await settled()
         assert asked == [0, 0, 1]  # 0 got its slot and left; 1 is the head and asked
         line.capacity_freed()
         line.capacity_freed()  # freeing twice before a turn wakes one turn
-        await asyncio.sleep(0.01)
-        assert asked == [0, 0, 1, 1, 2]
+        await reached(lambda: len(asked) == 5)
+        await settled()
+        assert asked == [0, 0, 1, 1, 2]  # 2 asked once and waits: the second free was spent
         line.capacity_freed()
         await asyncio.gather(*tasks)
         assert len(line) == 0
