@@ -11,6 +11,8 @@ import time
 
 import psutil
 
+from serve_app import engine_reaper
+
 # A stand-in replica: starts the reaper, then an "engine" child and grandchild, then waits.
 REPLICA = textwrap.dedent(
     """
@@ -34,7 +36,9 @@ def test_engine_processes_are_stopped_when_the_replica_is_killed():
     while len(engine.children()) < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     grandchild = engine.children()[0]
-    time.sleep(1.5)  # the reaper records descendants every second
+    # The reaper records descendants every POLL_S; a few polls leave room for its own start-up
+    # (a Python process importing psutil) on a loaded machine.
+    time.sleep(3 * engine_reaper.POLL_S)
 
     os.kill(replica.pid, signal.SIGKILL)
     replica.wait(timeout=10)
