@@ -27,8 +27,14 @@ LLMDeployment = serve.deployment(LLMServer)
 LLMIngressDeployment = serve.deployment(serve.ingress()(LLMIngressServer))
 # One replica: it holds the state of every job, for every ingress replica. Many runsync calls
 # wait inside it at once, so its concurrency limit is high; it does no heavy work itself.
+# Every call it gets comes from an ingress that logged the HTTP request already: no access
+# log of its own (two lines per job poll otherwise; its failures are still logged).
 JobQueueDeployment = serve.deployment(
-    JobQueue, num_replicas=1, max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0}
+    JobQueue,
+    num_replicas=1,
+    max_ongoing_requests=100_000,
+    ray_actor_options={"num_cpus": 0},
+    logging_config={"enable_access_log": False},
 )
 
 

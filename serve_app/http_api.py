@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import openai_errors
 from .config.plan import IngressOptions
 from .jobs.inputs import request_limits
-from .logs import get_logger
+from .logs import get_logger, quiet_access_log
 
 logger = get_logger(__name__)
 
@@ -153,8 +153,15 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+# RunPod's job polls: every waiting client sends one per job every second or faster.
+STATUS_ROUTE = "/v2/{endpoint_id}/status/{job_id}"
+STREAM_ROUTE = "/v2/{endpoint_id}/stream/{job_id}"
+
+
 def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHandle) -> FastAPI:
     """The FastAPI app of an ingress replica."""
+    if not options.log_job_polls:
+        quiet_access_log({STATUS_ROUTE, STREAM_ROUTE})
     app = FastAPI(
         title="ray-vllm-worker",
         description="OpenAI- and RunPod-compatible LLM serving on Ray Serve and vLLM",
@@ -235,13 +242,13 @@ def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHa
         waited = await job_call(endpoint_id, "wait", submitted["id"], max(0.0, timeout_s))
         return found(waited, submitted["id"])
 
-    @app.get("/v2/{endpoint_id}/status/{job_id}")
-    @app.post("/v2/{endpoint_id}/status/{job_id}")
+    @app.get(STATUS_ROUTE)
+    @app.post(STATUS_ROUTE)
     async def status(endpoint_id: str, job_id: str) -> Any:
         return found(await job_call(endpoint_id, "status", job_id), job_id)
 
-    @app.get("/v2/{endpoint_id}/stream/{job_id}")
-    @app.post("/v2/{endpoint_id}/stream/{job_id}")
+    @app.get(STREAM_ROUTE)
+    @app.post(STREAM_ROUTE)
     async def stream(endpoint_id: str, job_id: str) -> Any:
         return found(await job_call(endpoint_id, "stream", job_id), job_id)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Collection
 
 _ROOT = "serve_app"
 
@@ -22,3 +23,32 @@ def get_logger(name: str) -> logging.Logger:
         root.setLevel(logging.INFO)
         root.propagate = False
     return logging.getLogger(f"{_ROOT}.{name.removeprefix(_ROOT + '.')}")
+
+
+class QuietRoutes(logging.Filter):
+    """Drops Serve's access-log line of a successful request to one of `routes` (route
+    templates, as Serve logs them: "/v2/{endpoint_id}/stream/{job_id}"). Lines of failed
+    requests, and every other line, pass."""
+
+    def __init__(self, routes: Collection[str]):
+        super().__init__()
+        self.routes = frozenset(routes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "serve_access_log", False):
+            return True
+        if getattr(record, "route", None) not in self.routes:
+            return True
+        # Serve's access message ends "<status> <latency>ms" (ray.serve's access_log_msg).
+        parts = str(record.msg).split()
+        return len(parts) < 2 or parts[-2] != "200"
+
+
+def quiet_access_log(routes: Collection[str]) -> None:
+    """In this process (a Serve replica), leave successful requests to `routes` out of
+    Serve's access log. Idempotent."""
+    serve_logger = logging.getLogger("ray.serve")
+    for existing in serve_logger.filters:
+        if isinstance(existing, QuietRoutes):
+            serve_logger.removeFilter(existing)
+    serve_logger.addFilter(QuietRoutes(routes))

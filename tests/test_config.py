@@ -402,3 +402,15 @@ def test_the_llm_replica_runs_at_vllms_priority_and_its_engine_at_rays_unless_to
     assert not {"niceness", "engine_niceness", "background_niceness"} & set(
         serve.deployment_options()
     )
+
+
+def test_job_polls_are_left_out_of_the_access_log_unless_asked_for():
+    assert plan_of({}).ingress.log_job_polls is False
+    assert plan_of({"LOG_JOB_POLLS": "1"}).ingress.log_job_polls is True
+    assert (
+        plan_of(
+            {"LOG_JOB_POLLS": "on"}, {"models": [{"MODEL_NAME": "org/a"}, {"MODEL_NAME": "org/b"}]}
+        ).ingress.log_job_polls
+        is True
+    )  # the router's too
+    assert problems_of({"LOG_JOB_POLLS": "maybe"})[0].startswith("LOG_JOB_POLLS='maybe'")

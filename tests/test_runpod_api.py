@@ -221,6 +221,30 @@ def test_unknown_job_and_unknown_endpoint_are_404(app):
     assert response.status_code == 404 and "other-endpoint" in response.json()["error"]
 
 
+def replicas_stderr() -> str:
+    """What Ray's workers (the app's replicas) wrote to stderr, where Serve writes its access
+    log too (RAY_SERVE_LOG_TO_STDERR)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return "".join(path.read_text(errors="replace") for path in logs.glob("worker-*.err"))
+
+
+def test_job_polls_stay_out_of_the_access_log_unless_they_fail(endpoint, app):
+    failed_poll = "GET /v2/{endpoint_id}/status/{job_id} 404"
+    failed_before = replicas_stderr().count(failed_poll)
+    job = endpoint.run({"prompt": "quiet", "sampling_params": {"max_tokens": 3}})
+    assert job.output(timeout=120)  # the SDK polls /status until the job is done
+    assert api(app, "GET", f"stream/{job.job_id}").status_code == 200
+    assert api(app, "GET", "status/no-such-job").status_code == 404
+    # The failed poll came last and is logged: every line before it is in the files.
+    wait_for(lambda: replicas_stderr().count(failed_poll) > failed_before, timeout=30)
+    logged = replicas_stderr()
+    assert "POST /v2/{endpoint_id}/run 200" in logged
+    assert "/status/{job_id} 200" not in logged and "/stream/{job_id} 200" not in logged
+    assert "CALL status" not in logged and "CALL submit" not in logged  # the job queue's
+
+
 # ---------------------------------------------------------------- lifecycle
 def test_cancel_mid_generation_stops_the_engine(endpoint, app):
     job = endpoint.run({"prompt": "Hello", "stream": True, "sampling_params": LONG})

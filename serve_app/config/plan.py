@@ -191,6 +191,7 @@ class IngressOptions(BaseModel):
     runsync_timeout_s: float
     endpoint_id: str | None
     max_request_bytes: int
+    log_job_polls: bool = False
     # SHA-256 of API_KEY: the key itself is never stored in Serve's config; not in plan output.
     api_key_sha256: str | None = Field(default=None, exclude=True, repr=False)
 
@@ -521,6 +522,7 @@ def build_plan(
             runsync_timeout_s=common["RUNSYNC_TIMEOUT_S"],
             endpoint_id=common["RUNPOD_ENDPOINT_ID"],
             max_request_bytes=common["MAX_REQUEST_BYTES"],
+            log_job_polls=common["LOG_JOB_POLLS"],
             api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
         ),
         jobs=JobQueueOptions(models=model_routes, retention_s=common["JOB_RETENTION_S"]),
