@@ -22,8 +22,9 @@ runtime-env agents, log monitor, autoscaler monitor, Serve's controller and its 
 idle beside Serve's HAProxy) take about 11 % of a core between them under load, and at nice 0
 they preempt the replica and the engine whenever their timers fire. With BACKGROUND_NICENESS
 (say 19) each LLM replica raises those on its node, where they run in the CPU the serving path
-leaves: 1.05x on the OpenAI benchmark, but RunPod `/run` + `/stream` jobs at half the rate,
-not yet explained, so it is off (0) by default (docs/benchmarks step 16). Left as they are: the
+leaves: 1.05x on the OpenAI benchmark, but up to half the rate for RunPod `/run` + `/stream`
+jobs whose clients poll every 50 ms (level at 250 ms and 1 s polls), so it is off (0) by
+default (docs/benchmarks steps 16, 17). Left as they are: the
 raylet (workers started later inherit its value, and a new replica could not lower its own),
 every Serve replica, and Serve's HAProxy manager (HAProxy, on the token path, inherits its
 value when it restarts).
