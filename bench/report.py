@@ -20,6 +20,16 @@ ROWS = [
 ]
 
 
+# The servers a table can show, in column order, by the names bench/run.py gives them;
+# `vllm` is the reference every other column is compared with.
+NAMES = {"vllm": "vLLM's server", "ours": "this app", "rayllm": "Ray Serve LLM"}
+SHORT = {"vllm": "vLLM's", "ours": "this app", "rayllm": "Ray Serve LLM"}
+
+
+def _servers(medians: dict[str, Any]) -> list[str]:
+    return [name for name in NAMES if name in medians]
+
+
 def _compare(ours: float, theirs: float, kind: str) -> str:
     if kind == "delta":
         return f"{ours - theirs:+.0f} ms"
@@ -38,15 +48,16 @@ def _each_run(runs: dict[str, list[dict[str, float]]]) -> str:
     """The runs behind the medians, in the order they ran (the spread is part of the result);
     the runs of one server start are bracketed, the starts separated by slashes."""
 
-    def figures(server: str, key: str, fmt: str) -> str:
-        starts = [[fmt.format(run[key]) for run in start] for start in _by_start(runs[server])]
+    def figures(server: str, key: str) -> str:
+        starts = [[f"{run[key]:.0f}" for run in start] for start in _by_start(runs[server])]
         return " / ".join(v[0] if len(v) == 1 else f"[{', '.join(v)}]" for v in starts)
 
+    def each(key: str) -> str:
+        return ", ".join(f"{SHORT[name]} {figures(name, key)}" for name in _servers(runs))
+
     return (
-        f"Each run, output tok/s: vLLM's {figures('vllm', 'output_throughput', '{:.0f}')}, "
-        f"this app {figures('ours', 'output_throughput', '{:.0f}')}; median TTFT (ms): "
-        f"vLLM's {figures('vllm', 'median_ttft_ms', '{:.0f}')}, "
-        f"this app {figures('ours', 'median_ttft_ms', '{:.0f}')}."
+        f"Each run, output tok/s: {each('output_throughput')}; "
+        f"median TTFT (ms): {each('median_ttft_ms')}."
     )
 
 
@@ -61,15 +72,17 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{len(runs)} runs of each server: {starts} alternated starts, "
             f"{len(runs) // starts} {'run' if len(runs) == starts else 'runs'} each)",
             "",
-            "| metric | vLLM's server | this app | this app / vLLM |",
-            "|---|---|---|---|",
         ]
-        theirs, ours = result["medians"]["vllm"], result["medians"]["ours"]
+        medians = result["medians"]
+        servers = _servers(medians)
+        others = servers[1:]  # compared with vLLM's server
+        header = [NAMES[n] for n in servers] + [f"{NAMES[n]} / vLLM" for n in others]
+        lines += ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        theirs = medians["vllm"]
         for key, label, fmt, kind in ROWS:
-            lines.append(
-                f"| {label} | {fmt.format(theirs[key])} | {fmt.format(ours[key])} | "
-                f"{_compare(ours[key], theirs[key], kind)} |"
-            )
+            cells = [fmt.format(medians[n][key]) for n in servers]
+            cells += [_compare(medians[n][key], theirs[key], kind) for n in others]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += ["", _each_run(result["runs"])]
         for job in result["jobs"]:
             sync = job["runsync"]
@@ -99,6 +112,9 @@ def _interval(seconds: float) -> str:
     return f"{seconds:g} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
+COLORS = {"vllm": "#888888", "ours": "#3366cc", "rayllm": "#cc8833"}
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -111,8 +127,11 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
                              squeeze=False)  # fmt: skip
     for row, result in zip(axes, results, strict=True):
         for ax, (key, label) in zip(row, keys, strict=True):
-            values = [result["medians"]["vllm"][key], result["medians"]["ours"][key]]
-            ax.bar(["vLLM server", "this app"], values, color=["#888888", "#3366cc"])
+            servers = _servers(result["medians"])
+            values = [result["medians"][name][key] for name in servers]
+            colors = [COLORS[name] for name in servers]
+            ax.bar([NAMES[name] for name in servers], values, color=colors)
+            ax.tick_params(axis="x", labelsize=8)
             ax.set_title(f"{result['workload']['name']}: {label}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -2,6 +2,7 @@
 
     make bench                       # both workloads, 3 alternated rounds
     python bench/run.py --workloads overhead --rounds 5 --samples 5
+    python bench/run.py --peer       # and Ray Serve LLM as a third column (bench/peer.py)
 
 For each workload the same model is served with the same engine arguments (the `vllm serve`
 arguments this application derives from its environment, `plan`'s `vllm_argv`) by (a) vLLM's
@@ -39,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import jobs, report  # noqa: E402
+from bench import jobs, peer, report  # noqa: E402
 from serve_app.config import vllm_args  # noqa: E402
 from serve_app.config.plan import build_plan  # noqa: E402
 from serve_app.model_files import resolve_model  # noqa: E402
@@ -154,19 +155,40 @@ def running(command: list[str], env: dict[str, str], health_url: str, log: Path)
                     proc.kill()
 
 
+@dataclass(frozen=True)
+class Engine:
+    """What this application's plan gives the workload's engine: the vLLM arguments (`model`
+    a local path), and the environment variables the replica runs with."""
+
+    options: dict[str, Any]
+    env_vars: dict[str, str]
+
+
+def engine_for(workload: Workload) -> Engine:
+    model = build_plan(app_env(workload)).models[0]
+    path = resolve_model(model.model_name, revision=None, **model.storage.model_dump())
+    return Engine({**model.vllm_args, "model": str(path)}, dict(model.env_vars))
+
+
 def vllm_server(workload: Workload, port: int, log: Path):
     """vLLM's own OpenAI server with the arguments this application would give the engine."""
-    plan = build_plan(app_env(workload))
-    model = plan.models[0]
-    options = dict(model.vllm_args)
-    options["model"] = str(
-        resolve_model(model.model_name, revision=None, **model.storage.model_dump())
-    )
-    argv = vllm_args.to_argv(options)
+    engine = engine_for(workload)
+    argv = vllm_args.to_argv(engine.options)
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv,
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    env = {**base_env(), **model.env_vars}
+    env = {**base_env(), **engine.env_vars}
     return running(command, env, f"http://127.0.0.1:{port}/health", log)
+
+
+def ray_serve_llm_server(workload: Workload, port: int, log: Path):
+    """Ray Serve LLM with the same engine arguments, as Ray ships it (bench/peer.py). Healthy
+    once its ingress answers; the warm-up waits for its engine."""
+    engine = engine_for(workload)
+    config = peer.app_config(workload.served_name, engine.options["model"], engine.options, port)
+    serve = str(Path(sys.executable).parent / "serve")
+    own = {k: v for k, v in engine.env_vars.items() if not k.startswith("RAY_")}  # Ray's defaults
+    command = [serve, "run", str(peer.write_config(config))]
+    return running(command, {**base_env(), **own}, f"http://127.0.0.1:{port}/v1/models", log)
 
 
 def our_server(workload: Workload, port: int, log: Path):
@@ -255,12 +277,13 @@ def longest_pause_ms(figures: dict[str, Any]) -> float:
 
 
 SERVERS = {"vllm": vllm_server, "ours": our_server}
+# The optional third column (`--peer`): Ray's own LLM library on the same workload.
+PEERS = {"rayllm": ray_serve_llm_server}
 
 
 def tokenizer_for(workload: Workload) -> str:
     """The local directory of the workload's model, for the benchmark client's tokenizer."""
-    plan = build_plan(app_env(workload)).models[0]
-    return str(resolve_model(plan.model_name, revision=None, **plan.storage.model_dump()))
+    return engine_for(workload).options["model"]
 
 
 def warm_up(workload: Workload, port: int, tokenizer: str, logs: Path) -> None:
@@ -321,16 +344,19 @@ def medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, floa
     return {s: {m: statistics.median(r[m] for r in rs) for m in METRICS} for s, rs in runs.items()}
 
 
-def run_workload(workload: Workload, rounds: int, logs: Path) -> dict[str, Any]:
-    """Both servers alternated (medians over all runs of each), and this app's RunPod job
-    path measured once, after its first start's runs."""
+def run_workload(
+    workload: Workload, rounds: int, logs: Path, peers: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Both servers (and the `peers` named) alternated (medians over all runs of each), and
+    this app's RunPod job path measured once, after its first start's runs."""
     job_runs: list[dict[str, Any]] = []
 
     def measure_jobs(name: str, index: int, url: str, served: Workload) -> None:
         if name == "ours" and index == 0:
             job_runs.append(jobs.measure(url, served))
 
-    servers = {name: (start, {}) for name, start in SERVERS.items()}
+    starts = SERVERS | {name: PEERS[name] for name in peers}
+    servers = {name: (start, {}) for name, start in starts.items()}
     runs = alternate(workload, servers, rounds, logs, measure_jobs)
     return {"workload": vars(workload), "runs": runs, "medians": medians(runs), "jobs": job_runs}
 
@@ -345,6 +371,10 @@ def main() -> None:
     parser.add_argument(
         "--samples", type=int, help="client runs per start (default: overhead 3, realistic 2)"
     )
+    parser.add_argument(
+        "--peer", action="store_true",
+        help="a third column: Ray Serve LLM (ray.serve.llm) on the same workload (bench/peer.py)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ns = parser.parse_args()
     logs = CACHE / "logs"
@@ -353,7 +383,8 @@ def main() -> None:
     chosen = workloads(ns.workloads)
     if ns.samples:
         chosen = [dataclasses.replace(w, samples=ns.samples) for w in chosen]
-    results = [run_workload(w, ns.rounds, logs) for w in chosen]
+    peers = tuple(PEERS) if ns.peer else ()
+    results = [run_workload(w, ns.rounds, logs, peers) for w in chosen]
     command = "python bench/run.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
     report.write(results, ns.out, command=command, date=started)
 

@@ -1,0 +1,54 @@
+"""The peer column of the benchmark: Ray Serve LLM (`ray.serve.llm`), Ray's own LLM serving
+library, serving the same model with the same engine arguments (`python bench/run.py --peer`).
+
+It runs as Ray ships it: `serve run` of `ray.serve.llm:build_openai_app`, Ray's defaults (none
+of the `RAY_*` settings this application applies where Ray starts, so Serve's Python proxy),
+one replica. Two settings are needed to run it at all on a CPU machine: `accelerator_config`
+says CPU (it asks for a GPU otherwise), and its ingress deployment asks for no CPU, so that the
+ingress and the engine's placement group fit on two cores (Ray sees as many logical CPUs as
+cores; the defaults need three).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Arguments that name the model: Ray Serve LLM takes those from `model_loading_config`.
+NAMING = ("model", "served_model_name")
+
+
+def app_config(served_name: str, model_path: str, engine: dict[str, Any], port: int) -> dict:
+    """The Serve config of Ray Serve LLM for one model; `engine` is the vLLM engine arguments
+    this application's plan derives (`vllm_args`), passed on as Ray Serve LLM's
+    `engine_kwargs`."""
+    llm = {
+        "model_loading_config": {"model_id": served_name, "model_source": model_path},
+        "accelerator_config": {"kind": "cpu"},
+        "placement_group_config": {"bundles": [{"CPU": 1}]},
+        "engine_kwargs": {k: v for k, v in engine.items() if k not in NAMING},
+        "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
+    }
+    return {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "llm",
+                "route_prefix": "/",
+                "import_path": "ray.serve.llm:build_openai_app",
+                "args": {
+                    "llm_configs": [llm],
+                    "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
+                },
+            }
+        ],
+    }
+
+
+def write_config(config: dict) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="bench-peer-")) / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

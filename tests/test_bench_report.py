@@ -1,0 +1,63 @@
+"""The benchmark's table and its peer column's config (bench/report.py, bench/peer.py): pure
+logic, no server."""
+
+from bench import peer, report
+
+
+def _run(round_: int, tok_s: float, ttft: float) -> dict[str, float]:
+    figures = dict.fromkeys(
+        ("p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_itl_ms", "longest_pause_ms"), 10.0
+    )
+    return {"round": round_, "output_throughput": tok_s, "median_ttft_ms": ttft, **figures}
+
+
+def _result(servers: dict[str, list[tuple[float, float]]]) -> dict:
+    runs = {
+        name: [_run(i, tok_s, ttft) for i, (tok_s, ttft) in enumerate(figures)]
+        for name, figures in servers.items()
+    }
+    medians = {name: {**rs[len(rs) // 2]} for name, rs in runs.items()}
+    workload = {"name": "overhead", "served_name": "tiny", "input_len": 64, "output_len": 64,
+                "prompts": 200, "concurrency": 32}  # fmt: skip
+    return {"workload": workload, "runs": runs, "medians": medians, "jobs": []}
+
+
+def test_two_servers_are_compared_with_vllms():
+    text = report.table([_result({"vllm": [(4000, 80)], "ours": [(3000, 100)]})])
+    assert "| metric | vLLM's server | this app | this app / vLLM |" in text
+    assert "| output tok/s | 4000 | 3000 | 0.75x |" in text
+    assert "| median TTFT (ms) | 80 | 100 | +20 ms |" in text
+    assert "Each run, output tok/s: vLLM's 4000, this app 3000; median TTFT (ms): " in text
+    assert "Ray Serve LLM" not in text
+
+
+def test_the_peer_gets_a_column_and_a_ratio_of_its_own():
+    servers = {
+        "vllm": [(4000, 80), (4200, 70)],
+        "ours": [(3000, 100), (3100, 90)],
+        "rayllm": [(1200, 250), (1300, 240)],
+    }
+    result = _result(servers)
+    text = report.table([result])
+    assert (
+        "| metric | vLLM's server | this app | Ray Serve LLM | this app / vLLM "
+        "| Ray Serve LLM / vLLM |\n|---|---|---|---|---|---|" in text
+    )
+    assert "| output tok/s | 4200 | 3100 | 1300 | 0.74x | 0.31x |" in text
+    assert "| median TTFT (ms) | 70 | 90 | 240 | +20 ms | +170 ms |" in text
+    assert "Ray Serve LLM 1200 / 1300; median TTFT (ms): " in text
+
+
+def test_the_peer_serves_the_same_engine_arguments_under_the_same_name():
+    engine = {"model": "/models/tiny", "served_model_name": ["tiny"], "dtype": "float32",
+              "enforce_eager": True, "kv_cache_memory_bytes": 1 << 30}  # fmt: skip
+    config = peer.app_config("tiny", "/models/tiny", engine, 8123)
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    (app,) = config["applications"]
+    assert app["import_path"] == "ray.serve.llm:build_openai_app"
+    (llm,) = app["args"]["llm_configs"]
+    assert llm["model_loading_config"] == {"model_id": "tiny", "model_source": "/models/tiny"}
+    assert llm["engine_kwargs"] == {
+        "dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 30
+    }  # fmt: skip
+    assert llm["accelerator_config"] == {"kind": "cpu"}
