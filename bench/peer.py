@@ -11,22 +11,18 @@ cores; the defaults need three).
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 # Arguments that name the model: Ray Serve LLM takes those from `model_loading_config`.
 NAMING = ("model", "served_model_name")
 
 
-def app_config(served_name: str, model_path: str, engine: dict[str, Any], port: int) -> dict:
+def app_config(served_name: str, engine: dict[str, Any], port: int) -> dict:
     """The Serve config of Ray Serve LLM for one model; `engine` is the vLLM engine arguments
-    this application's plan derives (`vllm_args`), passed on as Ray Serve LLM's
-    `engine_kwargs`."""
+    this application's plan derives (`vllm_args`, `model` a local path), passed on as Ray Serve
+    LLM's `engine_kwargs`."""
     llm = {
-        "model_loading_config": {"model_id": served_name, "model_source": model_path},
+        "model_loading_config": {"model_id": served_name, "model_source": engine["model"]},
         "accelerator_config": {"kind": "cpu"},
         "placement_group_config": {"bundles": [{"CPU": 1}]},
         "engine_kwargs": {k: v for k, v in engine.items() if k not in NAMING},
@@ -46,9 +42,3 @@ def app_config(served_name: str, model_path: str, engine: dict[str, Any], port: 
             }
         ],
     }
-
-
-def write_config(config: dict) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="bench-peer-")) / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path

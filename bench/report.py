@@ -23,7 +23,7 @@ ROWS = [
 # The servers a table can show, in column order, by the names bench/run.py gives them;
 # `vllm` is the reference every other column is compared with.
 NAMES = {"vllm": "vLLM's server", "ours": "this app", "rayllm": "Ray Serve LLM"}
-SHORT = {"vllm": "vLLM's", "ours": "this app", "rayllm": "Ray Serve LLM"}
+SHORT = {**NAMES, "vllm": "vLLM's"}  # in the sentence of each run's figures
 
 
 def _servers(medians: dict[str, Any]) -> list[str]:
@@ -126,8 +126,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(len(results), len(keys), figsize=(4 * len(keys), 3 * len(results)),
                              squeeze=False)  # fmt: skip
     for row, result in zip(axes, results, strict=True):
+        servers = _servers(result["medians"])
         for ax, (key, label) in zip(row, keys, strict=True):
-            servers = _servers(result["medians"])
             values = [result["medians"][name][key] for name in servers]
             colors = [COLORS[name] for name in servers]
             ax.bar([NAMES[name] for name in servers], values, color=colors)

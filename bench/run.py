@@ -170,6 +170,13 @@ def engine_for(workload: Workload) -> Engine:
     return Engine({**model.vllm_args, "model": str(path)}, dict(model.env_vars))
 
 
+def serve_config_file(config: dict[str, Any]) -> Path:
+    """`config` written where `serve run` can read it: a directory of its own per start."""
+    path = Path(tempfile.mkdtemp(prefix="bench-")) / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def vllm_server(workload: Workload, port: int, log: Path):
     """vLLM's own OpenAI server with the arguments this application would give the engine."""
     engine = engine_for(workload)
@@ -184,10 +191,10 @@ def ray_serve_llm_server(workload: Workload, port: int, log: Path):
     """Ray Serve LLM with the same engine arguments, as Ray ships it (bench/peer.py). Healthy
     once its ingress answers; the warm-up waits for its engine."""
     engine = engine_for(workload)
-    config = peer.app_config(workload.served_name, engine.options["model"], engine.options, port)
+    config = peer.app_config(workload.served_name, engine.options, port)
     serve = str(Path(sys.executable).parent / "serve")
     own = {k: v for k, v in engine.env_vars.items() if not k.startswith("RAY_")}  # Ray's defaults
-    command = [serve, "run", str(peer.write_config(config))]
+    command = [serve, "run", str(serve_config_file(config))]
     return running(command, {**base_env(), **own}, f"http://127.0.0.1:{port}/v1/models", log)
 
 
@@ -195,9 +202,7 @@ def our_server(workload: Workload, port: int, log: Path):
     """This application, as `make serve` runs it (`serve run` of serve_config.yaml)."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
-    path = Path(tempfile.mkdtemp(prefix="bench-")) / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "serve_app", "serve", str(path)]
+    command = [sys.executable, "-m", "serve_app", "serve", str(serve_config_file(config))]
     return running(command, app_env(workload), f"http://127.0.0.1:{port}/health", log)
 
 

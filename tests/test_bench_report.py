@@ -51,7 +51,7 @@ def test_the_peer_gets_a_column_and_a_ratio_of_its_own():
 def test_the_peer_serves_the_same_engine_arguments_under_the_same_name():
     engine = {"model": "/models/tiny", "served_model_name": ["tiny"], "dtype": "float32",
               "enforce_eager": True, "kv_cache_memory_bytes": 1 << 30}  # fmt: skip
-    config = peer.app_config("tiny", "/models/tiny", engine, 8123)
+    config = peer.app_config("tiny", engine, 8123)
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
     (app,) = config["applications"]
     assert app["import_path"] == "ray.serve.llm:build_openai_app"
