@@ -7,6 +7,12 @@ one replica. Two settings are needed to run it at all on a CPU machine: `acceler
 says CPU (it asks for a GPU otherwise), and its ingress deployment asks for no CPU, so that the
 ingress and the engine's placement group fit on two cores (Ray sees as many logical CPUs as
 cores; the defaults need three).
+
+`python bench/run.py --peer rayllm-direct` runs it with Ray Serve LLM's direct streaming
+instead (`RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1`, which needs Serve's HAProxy ingress): its
+LLM server is then the HTTP ingress behind HAProxy, and an ingress request router picks the
+replica per request, the shape of this application's single-model path. That mode takes no
+`ingress_deployment_config` (there is no separate ingress; the router asks for no CPU).
 """
 
 from __future__ import annotations
@@ -16,11 +22,19 @@ from typing import Any
 # Arguments that name the model: Ray Serve LLM takes those from `model_loading_config`.
 NAMING = ("model", "served_model_name")
 
+# Ray's settings for direct streaming, read where Ray starts (`serve run` starts it here).
+DIRECT_STREAMING_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+}
 
-def app_config(served_name: str, engine: dict[str, Any], port: int) -> dict:
+
+def app_config(
+    served_name: str, engine: dict[str, Any], port: int, direct_streaming: bool = False
+) -> dict:
     """The Serve config of Ray Serve LLM for one model; `engine` is the vLLM engine arguments
     this application's plan derives (`vllm_args`, `model` a local path), passed on as Ray Serve
-    LLM's `engine_kwargs`."""
+    LLM's `engine_kwargs`. `direct_streaming`: for a start with DIRECT_STREAMING_ENV."""
     llm = {
         "model_loading_config": {"model_id": served_name, "model_source": engine["model"]},
         "accelerator_config": {"kind": "cpu"},
@@ -35,10 +49,10 @@ def app_config(served_name: str, engine: dict[str, Any], port: int) -> dict:
                 "name": "llm",
                 "route_prefix": "/",
                 "import_path": "ray.serve.llm:build_openai_app",
-                "args": {
+                "args": {"llm_configs": [llm]} if direct_streaming else {
                     "llm_configs": [llm],
                     "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
                 },
             }
         ],
-    }
+    }  # fmt: skip

@@ -22,7 +22,12 @@ ROWS = [
 
 # The servers a table can show, in column order, by the names bench/run.py gives them;
 # `vllm` is the reference every other column is compared with.
-NAMES = {"vllm": "vLLM's server", "ours": "this app", "rayllm": "Ray Serve LLM"}
+NAMES = {
+    "vllm": "vLLM's server",
+    "ours": "this app",
+    "rayllm": "Ray Serve LLM",
+    "rayllm-direct": "Ray Serve LLM, direct streaming",
+}
 SHORT = {**NAMES, "vllm": "vLLM's"}  # in the sentence of each run's figures
 
 
@@ -112,7 +117,7 @@ def _interval(seconds: float) -> str:
     return f"{seconds:g} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
-COLORS = {"vllm": "#888888", "ours": "#3366cc", "rayllm": "#cc8833"}
+COLORS = {"vllm": "#888888", "ours": "#3366cc", "rayllm": "#cc8833", "rayllm-direct": "#cc5533"}
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -130,7 +135,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         for ax, (key, label) in zip(row, keys, strict=True):
             values = [result["medians"][name][key] for name in servers]
             colors = [COLORS[name] for name in servers]
-            ax.bar([NAMES[name] for name in servers], values, color=colors)
+            ax.bar([NAMES[name].replace(", ", ",\n") for name in servers], values, color=colors)
             ax.tick_params(axis="x", labelsize=8)
             ax.set_title(f"{result['workload']['name']}: {label}", fontsize=9)
     fig.tight_layout()

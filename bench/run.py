@@ -3,6 +3,7 @@
     make bench                       # both workloads, 3 alternated rounds
     python bench/run.py --workloads overhead --rounds 5 --samples 5
     python bench/run.py --peer       # and Ray Serve LLM as a third column (bench/peer.py)
+    python bench/run.py --peer rayllm rayllm-direct   # as Ray ships it, and direct streaming
 
 For each workload the same model is served with the same engine arguments (the `vllm serve`
 arguments this application derives from its environment, `plan`'s `vllm_argv`) by (a) vLLM's
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -187,13 +189,16 @@ def vllm_server(workload: Workload, port: int, log: Path):
     return running(command, env, f"http://127.0.0.1:{port}/health", log)
 
 
-def ray_serve_llm_server(workload: Workload, port: int, log: Path):
-    """Ray Serve LLM with the same engine arguments, as Ray ships it (bench/peer.py). Healthy
-    once its ingress answers; the warm-up waits for its engine."""
+def ray_serve_llm_server(workload: Workload, port: int, log: Path, direct_streaming: bool = False):
+    """Ray Serve LLM with the same engine arguments, as Ray ships it, or with its direct
+    streaming (bench/peer.py). Healthy once its ingress answers; the warm-up waits for its
+    engine."""
     engine = engine_for(workload)
-    config = peer.app_config(workload.served_name, engine.options, port)
+    config = peer.app_config(workload.served_name, engine.options, port, direct_streaming)
     serve = str(Path(sys.executable).parent / "serve")
     own = {k: v for k, v in engine.env_vars.items() if not k.startswith("RAY_")}  # Ray's defaults
+    if direct_streaming:
+        own |= peer.DIRECT_STREAMING_ENV
     command = [serve, "run", str(serve_config_file(config))]
     return running(command, {**base_env(), **own}, f"http://127.0.0.1:{port}/v1/models", log)
 
@@ -282,8 +287,12 @@ def longest_pause_ms(figures: dict[str, Any]) -> float:
 
 
 SERVERS = {"vllm": vllm_server, "ours": our_server}
-# The optional third column (`--peer`): Ray's own LLM library on the same workload.
-PEERS = {"rayllm": ray_serve_llm_server}
+# The optional columns (`--peer [NAME ...]`): Ray's own LLM library on the same workload, as
+# Ray ships it and with its direct streaming.
+PEERS = {
+    "rayllm": ray_serve_llm_server,
+    "rayllm-direct": functools.partial(ray_serve_llm_server, direct_streaming=True),
+}
 
 
 def tokenizer_for(workload: Workload) -> str:
@@ -377,8 +386,9 @@ def main() -> None:
         "--samples", type=int, help="client runs per start (default: overhead 3, realistic 2)"
     )
     parser.add_argument(
-        "--peer", action="store_true",
-        help="a third column: Ray Serve LLM (ray.serve.llm) on the same workload (bench/peer.py)",
+        "--peer", nargs="*", choices=sorted(PEERS), metavar="NAME",
+        help="more columns: Ray Serve LLM (ray.serve.llm) on the same workload, as Ray ships it "
+        "(rayllm, the default) and with its direct streaming (rayllm-direct); bench/peer.py",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ns = parser.parse_args()
@@ -388,7 +398,7 @@ def main() -> None:
     chosen = workloads(ns.workloads)
     if ns.samples:
         chosen = [dataclasses.replace(w, samples=ns.samples) for w in chosen]
-    peers = tuple(PEERS) if ns.peer else ()
+    peers = () if ns.peer is None else tuple(ns.peer or ["rayllm"])
     results = [run_workload(w, ns.rounds, logs, peers) for w in chosen]
     command = "python bench/run.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
     report.write(results, ns.out, command=command, date=started)

@@ -61,3 +61,16 @@ def test_the_peer_serves_the_same_engine_arguments_under_the_same_name():
         "dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 30
     }  # fmt: skip
     assert llm["accelerator_config"] == {"kind": "cpu"}
+
+
+def test_the_direct_streaming_peer_has_no_ingress_of_its_own_to_configure():
+    engine = {"model": "/models/tiny", "dtype": "float32"}
+    shipped = peer.app_config("tiny", engine, 8123)["applications"][0]["args"]
+    direct = peer.app_config("tiny", engine, 8123, direct_streaming=True)["applications"][0]["args"]
+    assert "ingress_deployment_config" in shipped  # its own ingress deployment, at no CPU
+    # Ray Serve LLM refuses an ingress_deployment_config with direct streaming.
+    assert direct == {"llm_configs": shipped["llm_configs"]}
+    assert peer.DIRECT_STREAMING_ENV["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] == "1"
+    assert peer.DIRECT_STREAMING_ENV["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    text = report.table([_result({"vllm": [(4000, 80)], "rayllm-direct": [(2000, 120)]})])
+    assert "| metric | vLLM's server | Ray Serve LLM, direct streaming |" in text
