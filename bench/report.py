@@ -4,6 +4,7 @@ docs/benchmarks/README.md (between markers; the rest of that file is written by 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         for ax, (key, label) in zip(row, keys, strict=True):
             values = [result["medians"][name][key] for name in servers]
             colors = [COLORS[name] for name in servers]
-            ax.bar([NAMES[name].replace(", ", ",\n") for name in servers], values, color=colors)
+            ax.bar([textwrap.fill(NAMES[name], 10) for name in servers], values, color=colors)
             ax.tick_params(axis="x", labelsize=8)
             ax.set_title(f"{result['workload']['name']}: {label}", fontsize=9)
     fig.tight_layout()
