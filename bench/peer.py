@@ -42,6 +42,9 @@ def app_config(
         "engine_kwargs": {k: v for k, v in engine.items() if k not in NAMING},
         "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
     }
+    args: dict[str, Any] = {"llm_configs": [llm]}
+    if not direct_streaming:  # direct streaming has no ingress deployment (and refuses this)
+        args["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
     return {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
@@ -49,10 +52,7 @@ def app_config(
                 "name": "llm",
                 "route_prefix": "/",
                 "import_path": "ray.serve.llm:build_openai_app",
-                "args": {"llm_configs": [llm]} if direct_streaming else {
-                    "llm_configs": [llm],
-                    "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
-                },
+                "args": args,
             }
         ],
-    }  # fmt: skip
+    }
