@@ -2,13 +2,17 @@
 
     python bench/ab.py --set engine=19                       # this app's engine core: nice 15 vs 19
     python bench/ab.py --server vllm --set server=15 engine=15 worker=15
+    python bench/ab.py --set engine=15:batch worker=15:batch # the same nice, under SCHED_BATCH
+    python bench/ab.py --pin server=1 engine=1 haproxy=1     # on CPU 1 (vLLM's worker is on 0)
     python bench/ab.py --direct                              # through HAProxy vs to the replica
 
 A is the server as it started; B is the same server with the processes of the given roles
-reniced (`server`: vLLM's API server or this app's LLM replica; `engine`: vLLM's engine core;
+(`server`: vLLM's API server or this app's LLM replica; `engine`: vLLM's engine core;
 `worker`: vLLM's worker; `haproxy`; `background`: Ray's processes that BACKGROUND_NICENESS
-raises) and/or, with `--direct`, the client sent straight to the replica's own HTTP port
-instead of Serve's HAProxy. Runs go A B, B A, ... (`--pairs` pairs) with one resident benchmark
+raises) reniced (`--set ROLE=NICE`, `ROLE=NICE:batch` for Linux's SCHED_BATCH policy, under
+which a waking thread does not preempt the running one) and/or pinned to CPUs (`--pin
+ROLE=CPU,...`), and/or, with `--direct`, the client sent straight to the replica's own HTTP
+port instead of Serve's HAProxy. Runs go A B, B A, ... (`--pairs` pairs) with one resident benchmark
 client (vLLM's, imported once: a run then takes seconds, not the ~10 s of a fresh client), so
 neither start-to-start variance nor a drifting machine favours a side. Prints each run, the
 medians and in how many pairs B did better. Only processes of this session are touched (the
@@ -23,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -75,17 +80,103 @@ def processes_by_role() -> dict[str, list[psutil.Process]]:
     return found
 
 
-def renice(role: str, nice: int) -> None:
-    """Every thread of the role's processes at `nice` (threads carry their own priority on
-    Linux). Looked up each time: Serve restarts HAProxy when its configuration changes."""
+POLICIES = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_BATCH: "SCHED_BATCH"}
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """How a role's threads are scheduled: nice value, policy and the CPUs they may run on
+    (None: leave as it is)."""
+
+    nice: int | None = None
+    policy: int | None = None
+    cpus: frozenset[int] | None = None
+
+    def __str__(self) -> str:
+        parts = [f"nice {self.nice}"] if self.nice is not None else []
+        if self.policy is not None:
+            parts.append(POLICIES.get(self.policy, f"policy {self.policy}"))
+        if self.cpus is not None:
+            parts.append("CPUs " + ",".join(map(str, sorted(self.cpus))))
+        return " ".join(parts)
+
+
+def parse_settings(sets: list[str], pins: list[str]) -> dict[str, Scheduling]:
+    """B's scheduling by role, from `--set ROLE=NICE[:batch]` and `--pin ROLE=CPU,...`."""
+    nice: dict[str, tuple[int, int]] = {}
+    for item in sets:
+        role, _, value = item.partition("=")
+        number, _, policy = value.partition(":")
+        if policy not in ("", "batch") or not number.lstrip("-").isdigit():
+            raise ValueError(f"{item}: expected ROLE=NICE or ROLE=NICE:batch")
+        nice[role] = (int(number), os.SCHED_BATCH if policy else os.SCHED_OTHER)
+    cpus: dict[str, frozenset[int]] = {}
+    for item in pins:
+        role, _, value = item.partition("=")
+        if not all(cpu.isdigit() for cpu in value.split(",")):
+            raise ValueError(f"{item}: expected ROLE=CPU or ROLE=CPU,CPU,...")
+        cpus[role] = frozenset(int(cpu) for cpu in value.split(","))
+    return {
+        role: Scheduling(*nice.get(role, (None, None)), cpus.get(role))
+        for role in [*nice, *(r for r in cpus if r not in nice)]
+    }
+
+
+def describe(settings: dict[str, Scheduling]) -> str:
+    return "; ".join(f"{role}: {scheduling}" for role, scheduling in settings.items()) or "-"
+
+
+def scheduling_of(thread: int) -> Scheduling:
+    return Scheduling(
+        os.getpriority(os.PRIO_PROCESS, thread),
+        os.sched_getscheduler(thread),
+        frozenset(os.sched_getaffinity(thread)),
+    )
+
+
+def set_scheduling(thread: int, scheduling: Scheduling) -> None:
+    if scheduling.policy is not None:
+        os.sched_setscheduler(thread, scheduling.policy, os.sched_param(0))
+    if scheduling.nice is not None:
+        os.setpriority(os.PRIO_PROCESS, thread, scheduling.nice)
+    if scheduling.cpus is not None:
+        os.sched_setaffinity(thread, scheduling.cpus)
+
+
+def threads_of(role: str) -> list[int]:
+    """The threads of the role's processes (threads carry their own priority, policy and
+    affinity on Linux). Looked up each time: Serve restarts HAProxy when its configuration
+    changes."""
+    found = []
     for process in processes_by_role()[role]:
         with contextlib.suppress(psutil.Error, ProcessLookupError):
-            for thread in process.threads():
-                os.setpriority(os.PRIO_PROCESS, thread.id, nice)
+            found += [thread.id for thread in process.threads()]
+    return found
 
 
-def nice_of(processes: list[psutil.Process]) -> int:
-    return os.getpriority(os.PRIO_PROCESS, processes[0].pid)
+def snapshot(role: str) -> dict[int, Scheduling]:
+    """How each thread of the role runs now (vLLM's worker runs its OpenMP thread on one
+    CPU and the others anywhere, so A is restored thread by thread)."""
+    found = {}
+    for thread in threads_of(role):
+        with contextlib.suppress(ProcessLookupError):
+            found[thread] = scheduling_of(thread)
+    return found
+
+
+def apply(role: str, scheduling: Scheduling) -> None:
+    """B: every thread of the role's processes scheduled as given."""
+    for thread in threads_of(role):
+        with contextlib.suppress(ProcessLookupError):
+            set_scheduling(thread, scheduling)
+
+
+def restore(role: str, threads: dict[int, Scheduling], otherwise: Scheduling) -> None:
+    """A: each thread of the role as `snapshot` found it; one started since (a restarted
+    HAProxy) as `otherwise`, the role's main thread as the server started."""
+    for thread in threads_of(role):
+        with contextlib.suppress(ProcessLookupError):
+            set_scheduling(thread, threads.get(thread, otherwise))
 
 
 def replica_port(replica: psutil.Process) -> int:
@@ -141,18 +232,24 @@ def main() -> None:
         "--set",
         nargs="+",
         default=[],
-        metavar="ROLE=NICE",
-        help=f"B's priority of a role's processes; roles: {', '.join(ROLES)}",
+        metavar="ROLE=NICE[:batch]",
+        help=f"B's priority (and policy) of a role's processes; roles: {', '.join(ROLES)}",
+    )
+    parser.add_argument(
+        "--pin", nargs="+", default=[], metavar="ROLE=CPU,...", help="B's CPUs of a role"
     )
     parser.add_argument("--direct", action="store_true", help="B: straight to the replica")
     ns = parser.parse_args()
-    settings = {role: int(nice) for role, nice in (item.split("=", 1) for item in ns.set)}
+    try:
+        settings = parse_settings(ns.set, ns.pin)
+    except ValueError as exc:
+        parser.error(str(exc))
     if unknown := set(settings) - set(ROLES):
         parser.error(f"unknown role(s) {sorted(unknown)}; roles: {', '.join(ROLES)}")
     if ns.direct and ns.server != "ours":
         parser.error("--direct applies to this app (--server ours)")
     if not settings and not ns.direct:
-        parser.error("nothing to compare: give --set and/or --direct")
+        parser.error("nothing to compare: give --set, --pin and/or --direct")
 
     workload = run.workloads([ns.workload])[0]
     tokenizer = run.tokenizer_for(workload)
@@ -165,18 +262,22 @@ def main() -> None:
         roles = processes_by_role()
         if missing := [role for role in settings if not roles[role]]:
             raise SystemExit(f"no process found for {missing}")
-        original = {role: nice_of(roles[role]) for role in settings}
+        original = {role: snapshot(role) for role in settings}
+        started = {role: scheduling_of(roles[role][0].pid) for role in settings}
         ports = {"A": port, "B": replica_port(roles["server"][0]) if ns.direct else port}
-        print(f"[ab] A: as started {original}, port {ports['A']}; "
-              f"B: {settings}, port {ports['B']}", flush=True)  # fmt: skip
+        print(f"[ab] A: as started {describe(started)}, port {ports['A']}; "
+              f"B: {describe(settings)}, port {ports['B']}", flush=True)  # fmt: skip
         client = ResidentClient()
         try:
             client.run(run.client_args(workload, port, tokenizer, result, workload.concurrency))
             seed = 0  # the warm-up's; every run gets prompts of its own (run.client_args)
             for index in range(ns.pairs):
                 for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
-                    for role, nice in (settings if side == "B" else original).items():
-                        renice(role, nice)
+                    for role, scheduling in settings.items():
+                        if side == "B":
+                            apply(role, scheduling)
+                        else:
+                            restore(role, original[role], started[role])
                     seed += 1
                     client.run(run.client_args(workload, ports[side], tokenizer, result, seed=seed))
                     figures = run.read_result(result)
