@@ -147,36 +147,32 @@ def threads_of(role: str) -> list[int]:
     """The threads of the role's processes (threads carry their own priority, policy and
     affinity on Linux). Looked up each time: Serve restarts HAProxy when its configuration
     changes."""
-    found = []
+    return [tid for p in processes_by_role()[role] for tid in priority.thread_ids(p.pid)]
+
+
+def snapshot(role: str) -> tuple[Scheduling, dict[int, Scheduling]]:
+    """How the role runs now: its first process's main thread, and each of its threads
+    (vLLM's worker runs its OpenMP thread on one CPU and the others anywhere, so A is restored
+    thread by thread). Looked up afresh: Serve may have just restarted HAProxy."""
+    main, found = None, {}
     for process in processes_by_role()[role]:
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            found += [thread.id for thread in process.threads()]
-    return found
+        for thread in priority.thread_ids(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                found[thread] = scheduling_of(thread)
+        main = main or found.get(process.pid)
+    if main is None:
+        raise SystemExit(f"no process found for {role}")
+    return main, found
 
 
-def snapshot(role: str) -> dict[int, Scheduling]:
-    """How each thread of the role runs now (vLLM's worker runs its OpenMP thread on one
-    CPU and the others anywhere, so A is restored thread by thread)."""
-    found = {}
+def schedule(
+    role: str, default: Scheduling, by_thread: dict[int, Scheduling] | None = None
+) -> None:
+    """Every thread of the role's processes as `by_thread` says (A: the snapshot), a thread
+    it does not name (B; in A one started since, a restarted HAProxy) as `default`."""
     for thread in threads_of(role):
         with contextlib.suppress(ProcessLookupError):
-            found[thread] = scheduling_of(thread)
-    return found
-
-
-def apply(role: str, scheduling: Scheduling) -> None:
-    """B: every thread of the role's processes scheduled as given."""
-    for thread in threads_of(role):
-        with contextlib.suppress(ProcessLookupError):
-            set_scheduling(thread, scheduling)
-
-
-def restore(role: str, threads: dict[int, Scheduling], otherwise: Scheduling) -> None:
-    """A: each thread of the role as `snapshot` found it; one started since (a restarted
-    HAProxy) as `otherwise`, the role's main thread as the server started."""
-    for thread in threads_of(role):
-        with contextlib.suppress(ProcessLookupError):
-            set_scheduling(thread, threads.get(thread, otherwise))
+            set_scheduling(thread, (by_thread or {}).get(thread, default))
 
 
 def replica_port(replica: psutil.Process) -> int:
@@ -263,8 +259,8 @@ def main() -> None:
         if missing := [role for role in settings if not roles[role]]:
             raise SystemExit(f"no process found for {missing}")
         original = {role: snapshot(role) for role in settings}
-        started = {role: scheduling_of(roles[role][0].pid) for role in settings}
         ports = {"A": port, "B": replica_port(roles["server"][0]) if ns.direct else port}
+        started = {role: main for role, (main, _) in original.items()}
         print(f"[ab] A: as started {describe(started)}, port {ports['A']}; "
               f"B: {describe(settings)}, port {ports['B']}", flush=True)  # fmt: skip
         client = ResidentClient()
@@ -275,9 +271,9 @@ def main() -> None:
                 for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
                     for role, scheduling in settings.items():
                         if side == "B":
-                            apply(role, scheduling)
+                            schedule(role, scheduling)
                         else:
-                            restore(role, original[role], started[role])
+                            schedule(role, *original[role])
                     seed += 1
                     client.run(run.client_args(workload, ports[side], tokenizer, result, seed=seed))
                     figures = run.read_result(result)
