@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -110,15 +111,39 @@ def app_env(workload: Workload) -> dict[str, str]:
     return {**env, **workload.env}
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM (`timeout`, `kill`) ends this process as SystemExit, so the
+    `finally` blocks that stop its servers run, as they do on Ctrl-C; Python's default would
+    end it at once and leave them running. Only from the main thread, where Python handles
+    signals, and only where SIGTERM has its default action."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def running(command: list[str], env: dict[str, str], health_url: str, log: Path) -> Iterator[None]:
-    """Run a server until the block ends; every process it started is stopped after.
+    """Run a server until the block ends; every process it started is stopped after, also
+    when this process is stopped by SIGINT or SIGTERM.
 
     The server gets its own process group (to stop it) but stays in this session: Linux's
     autogroup scheduler shares the CPU between sessions, not processes, and a server in a
     session of its own starved the benchmark client (in this session) for 0.2-5 s at a time
     on two cores, whichever server it was (docs/benchmarks/README.md, step 9)."""
-    with open(log, "w") as out:
+    with sigterm_as_exit(), open(log, "w") as out:
         process = subprocess.Popen(
             command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0,
         )  # fmt: skip
