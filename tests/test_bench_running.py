@@ -34,6 +34,7 @@ def test_sigterm_stops_the_server_that_running_started(tmp_path):
         text=True,
         cwd=tmp_path,
     )
+    servers: list[psutil.Process] = []
     try:
         assert script.stdout is not None
         assert script.stdout.readline().strip() == "up"
@@ -54,3 +55,6 @@ def test_sigterm_stops_the_server_that_running_started(tmp_path):
         if script.poll() is None:
             script.kill()
             script.wait(timeout=30)
+        for server in servers:  # left by a failure: stop it here
+            if server.is_running():
+                server.kill()
