@@ -28,7 +28,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import openai_errors
+from . import openai_errors, write_coalescing
 from .config.plan import IngressOptions
 from .jobs.inputs import request_limits
 from .logs import get_logger, quiet_access_log
@@ -159,9 +159,12 @@ STREAM_ROUTE = "/v2/{endpoint_id}/stream/{job_id}"
 
 
 def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHandle) -> FastAPI:
-    """The FastAPI app of an ingress replica."""
+    """The FastAPI app of an ingress replica. Built before Serve starts the replica's HTTP
+    server, so every connection it accepts has its writes coalesced (COALESCE_HTTP_WRITES)."""
     if not options.log_job_polls:
         quiet_access_log({STATUS_ROUTE, STREAM_ROUTE})
+    if options.coalesce_http_writes and write_coalescing.install():
+        logger.info("HTTP writes coalesced per event-loop tick (COALESCE_HTTP_WRITES)")
     app = FastAPI(
         title="ray-vllm-worker",
         description="OpenAI- and RunPod-compatible LLM serving on Ray Serve and vLLM",

@@ -404,6 +404,14 @@ def test_the_llm_replica_runs_at_vllms_priority_and_its_engine_at_rays_unless_to
     )
 
 
+def test_http_writes_are_coalesced_unless_switched_off():
+    assert plan_of({}).ingress.coalesce_http_writes is True
+    assert plan_of({"COALESCE_HTTP_WRITES": "0"}).ingress.coalesce_http_writes is False
+    assert problems_of({"COALESCE_HTTP_WRITES": "sometimes"})[0].startswith(
+        "COALESCE_HTTP_WRITES='sometimes'"
+    )
+
+
 def test_job_polls_are_left_out_of_the_access_log_unless_asked_for():
     assert plan_of({}).ingress.log_job_polls is False
     assert plan_of({"LOG_JOB_POLLS": "1"}).ingress.log_job_polls is True

@@ -192,6 +192,7 @@ class IngressOptions(BaseModel):
     endpoint_id: str | None
     max_request_bytes: int
     log_job_polls: bool = False
+    coalesce_http_writes: bool = True  # serve_app/write_coalescing.py
     # SHA-256 of API_KEY: the key itself is never stored in Serve's config; not in plan output.
     api_key_sha256: str | None = Field(default=None, exclude=True, repr=False)
 
@@ -523,6 +524,7 @@ def build_plan(
             endpoint_id=common["RUNPOD_ENDPOINT_ID"],
             max_request_bytes=common["MAX_REQUEST_BYTES"],
             log_job_polls=common["LOG_JOB_POLLS"],
+            coalesce_http_writes=common["COALESCE_HTTP_WRITES"],
             api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
         ),
         jobs=JobQueueOptions(models=model_routes, retention_s=common["JOB_RETENTION_S"]),
