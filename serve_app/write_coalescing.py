@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import weakref
 from typing import Any
 
@@ -117,13 +118,15 @@ def _protocol_classes() -> list[type]:
         ("uvicorn.protocols.http.h11_impl", "H11Protocol"),
     ):
         with contextlib.suppress(ImportError):
-            classes.append(getattr(__import__(module, fromlist=[name]), name))
+            classes.append(getattr(importlib.import_module(module), name))
     return classes
 
 
 def install() -> bool:
     """Coalesce the writes of every HTTP connection this process's uvicorn servers accept from
-    now on. Idempotent; False (and a warning) if uvicorn's protocols are not as expected."""
+    now on. Idempotent; False (and a warning) if neither of uvicorn's HTTP/1.1 protocols can
+    be imported. (tests/test_write_coalescing.py fails if uvicorn stops setting the transport
+    where this expects it.)"""
     classes = _protocol_classes()
     if not classes:
         logger.warning("COALESCE_HTTP_WRITES: uvicorn's HTTP protocols not found; writes as is")
