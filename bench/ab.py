@@ -36,7 +36,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import run  # noqa: E402
+from bench import report, run  # noqa: E402
 from serve_app import priority  # noqa: E402
 
 ROLES = ("server", "engine", "worker", "haproxy", "background")
@@ -290,7 +290,7 @@ def main() -> None:
         wins = sum(
             better(fb[metric], fa[metric]) for fa, fb in zip(runs["A"], runs["B"], strict=True)
         )
-        print(f"[ab] median {metric}: A {a:.1f}, B {b:.1f} ({b / a:.2f}x); "
+        print(f"[ab] median {metric}: A {a:.1f}, B {b:.1f} ({report.ratio(b, a)}); "
               f"B better in {wins} of {ns.pairs} pairs")  # fmt: skip
 
 

@@ -10,6 +10,9 @@ from typing import Any
 
 START = "<!-- results:start (written by bench/run.py) -->"
 END = "<!-- results:end -->"
+# A gap between two tokens of all streams, longer than this many of the run's median ITL, is
+# a pause (bench/run.py's paused_ms).
+PAUSE_ITLS = 4
 ROWS = [
     ("output_throughput", "output tok/s", "{:.0f}", "ratio"),
     ("median_ttft_ms", "median TTFT (ms)", "{:.0f}", "delta"),
@@ -18,6 +21,12 @@ ROWS = [
     ("median_itl_ms", "median ITL (ms)", "{:.1f}", "ratio"),
     ("p99_itl_ms", "p99 ITL (ms)", "{:.1f}", "ratio"),
     ("longest_pause_ms", "longest pause of all streams (ms)", "{:.0f}", "delta"),
+    (
+        "paused_ms",
+        f"time all streams paused, over {PAUSE_ITLS} median ITLs (ms per run)",
+        "{:.0f}",
+        "delta",
+    ),
 ]
 
 
@@ -39,6 +48,11 @@ def _servers(medians: dict[str, Any]) -> list[str]:
 def _compare(ours: float, theirs: float, kind: str) -> str:
     if kind == "delta":
         return f"{ours - theirs:+.0f} ms"
+    return ratio(ours, theirs)
+
+
+def ratio(ours: float, theirs: float) -> str:
+    """`ours` as a multiple of `theirs` (n/a where theirs is 0: a run without pauses)."""
     return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
 

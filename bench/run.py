@@ -51,7 +51,7 @@ from serve_app.model_files import resolve_model  # noqa: E402
 CACHE = ROOT / ".cache" / "bench"
 START_TIMEOUT_S = 900
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
-           "median_itl_ms", "p99_itl_ms", "longest_pause_ms")  # fmt: skip
+           "median_itl_ms", "p99_itl_ms", "longest_pause_ms", "paused_ms")  # fmt: skip
 
 
 @dataclass
@@ -276,7 +276,11 @@ CLIENT_CODE = (
 
 def read_result(result: Path) -> dict[str, Any]:
     figures = json.loads(result.read_text())
-    return {**figures, "longest_pause_ms": longest_pause_ms(figures)}
+    return {
+        **figures,
+        "longest_pause_ms": longest_pause_ms(figures),
+        "paused_ms": paused_ms(figures),
+    }
 
 
 def bench_client(
@@ -295,9 +299,9 @@ def bench_client(
     return read_result(result)
 
 
-def longest_pause_ms(figures: dict[str, Any]) -> float:
-    """The longest time, after the first token, in which no stream of the run received one: a
-    stall of the whole server (or of the client's reading), which per-stream ITLs hide."""
+def _gaps_s(figures: dict[str, Any]) -> list[float]:
+    """The times between one token and the next of all the run's streams together (from the
+    client's per-token timestamps, `--save-detailed`), from the first token on."""
     arrivals = []
     for start, ttft, itls in zip(
         figures["start_times"], figures["ttfts"], figures["itls"], strict=True
@@ -308,7 +312,22 @@ def longest_pause_ms(figures: dict[str, Any]) -> float:
             arrival += itl
             arrivals.append(arrival)
     arrivals.sort()
-    return 1000 * max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)
+    return [b - a for a, b in itertools.pairwise(arrivals)]
+
+
+def longest_pause_ms(figures: dict[str, Any]) -> float:
+    """The longest time, after the first token, in which no stream of the run received one: a
+    stall of the whole server (or of the client's reading), which per-stream ITLs hide."""
+    return 1000 * max(_gaps_s(figures), default=0.0)
+
+
+def paused_ms(figures: dict[str, Any]) -> float:
+    """How long, in all, no stream of the run received a token for longer than
+    report.PAUSE_ITLS median ITLs: the run's time lost to stalls of the whole server, as
+    after a burst of new requests (docs/benchmarks step 23). Where tokens arrive in batches
+    (median ITL 0), every gap between batches counts."""
+    threshold_s = report.PAUSE_ITLS * figures["median_itl_ms"] / 1000
+    return 1000 * sum(gap for gap in _gaps_s(figures) if gap > threshold_s)
 
 
 SERVERS = {"vllm": vllm_server, "ours": our_server}

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import run  # noqa: E402
+from bench import report, run  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,9 @@ def main() -> None:
     medians = run.medians(runs)
     theirs = medians["vllm"]
     for name, med in medians.items():
-        ratios = ", ".join(f"{m} {med[m]:.1f} ({med[m] / theirs[m]:.2f}x)" for m in run.METRICS)
+        ratios = ", ".join(
+            f"{m} {med[m]:.1f} ({report.ratio(med[m], theirs[m])})" for m in run.METRICS
+        )
         print(f"[variants] median {name}: {ratios}")
 
 

@@ -1,13 +1,16 @@
 """The benchmark's table and its peer column's config (bench/report.py, bench/peer.py): pure
 logic, no server."""
 
-from bench import peer, report
+import pytest
+
+from bench import peer, report, run
 
 
 def _run(round_: int, tok_s: float, ttft: float) -> dict[str, float]:
     figures = dict.fromkeys(
         ("p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_itl_ms", "longest_pause_ms"), 10.0
     )
+    figures["paused_ms"] = 0.0 if tok_s > 3500 else 800.0
     return {"round": round_, "output_throughput": tok_s, "median_ttft_ms": ttft, **figures}
 
 
@@ -29,6 +32,35 @@ def test_two_servers_are_compared_with_vllms():
     assert "| median TTFT (ms) | 80 | 100 | +20 ms |" in text
     assert "Each run, output tok/s: vLLM's 4000, this app 3000; median TTFT (ms): " in text
     assert "Ray Serve LLM" not in text
+
+
+def test_time_paused_is_compared_as_a_difference():
+    text = report.table([_result({"vllm": [(4000, 80)], "ours": [(3000, 100)]})])
+    assert (
+        "| time all streams paused, over 4 median ITLs (ms per run) | 0 | 800 | +800 ms |" in text
+    )
+    assert report.ratio(800.0, 0.0) == "n/a"  # a run of vLLM's server without a pause
+    assert report.ratio(3000.0, 4000.0) == "0.75x"
+
+
+def _figures(median_itl_ms: float) -> dict:
+    """Two streams whose tokens reach the client at 10, 15, 20, 200, 210 and 310 ms."""
+    return {
+        "start_times": [0.0, 0.0],
+        "ttfts": [0.010, 0.015],
+        "itls": [[0.010, 0.180], [0.195, 0.100]],
+        "median_itl_ms": median_itl_ms,
+    }
+
+
+def test_pauses_are_the_gaps_in_which_no_stream_got_a_token():
+    assert run.longest_pause_ms(_figures(10.0)) == pytest.approx(180.0)
+    # Over 4 median ITLs (40 ms): the gaps of 180 and 100 ms, not those of 5 and 10 ms.
+    assert run.paused_ms(_figures(10.0)) == pytest.approx(280.0)
+    assert run.paused_ms(_figures(30.0)) == pytest.approx(180.0)  # over 120 ms
+    assert run.paused_ms(_figures(50.0)) == 0.0  # over 200 ms: none
+    # Tokens in batches (median ITL 0): every gap between them counts, first to last token.
+    assert run.paused_ms(_figures(0.0)) == pytest.approx(300.0)
 
 
 def test_the_peer_gets_a_column_and_a_ratio_of_its_own():
