@@ -3,6 +3,7 @@ docs/benchmarks/README.md (between markers; the rest of that file is written by 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import textwrap
 from pathlib import Path
@@ -133,6 +134,16 @@ def _interval(seconds: float) -> str:
 
 
 COLORS = {"vllm": "#888888", "ours": "#3366cc", "rayllm": "#cc8833", "rayllm-direct": "#cc5533"}
+
+
+def check_plotting() -> None:
+    """Exit, saying what to do, where the plot could not be drawn: before the runs, not after
+    an hour of them."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit(
+            "bench/run.py draws its plot with matplotlib, of the project's `bench` extra: run "
+            'it as `make bench BENCH_ARGS="..."`, which installs the extra, once'
+        )
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

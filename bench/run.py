@@ -436,6 +436,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ns = parser.parse_args()
+    report.check_plotting()
     logs = CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M")

@@ -1,6 +1,8 @@
 """The benchmark's table and its peer column's config (bench/report.py, bench/peer.py): pure
 logic, no server."""
 
+import importlib.util
+
 import pytest
 
 from bench import peer, report, run
@@ -61,6 +63,24 @@ def test_pauses_are_the_gaps_in_which_no_stream_got_a_token():
     assert run.paused_ms(_figures(50.0)) == 0.0  # over 200 ms: none
     # Tokens in batches (median ITL 0): every gap between them counts, first to last token.
     assert run.paused_ms(_figures(0.0)) == pytest.approx(300.0)
+
+
+def test_without_matplotlib_the_benchmark_stops_before_its_runs_saying_what_to_do(monkeypatch):
+    real = importlib.util.find_spec
+
+    def matplotlib_installed(installed: bool):
+        def find_spec(name, *args):
+            if name == "matplotlib":
+                return real("json") if installed else None
+            return real(name, *args)
+
+        return find_spec
+
+    monkeypatch.setattr(importlib.util, "find_spec", matplotlib_installed(False))
+    with pytest.raises(SystemExit, match="make bench"):
+        report.check_plotting()
+    monkeypatch.setattr(importlib.util, "find_spec", matplotlib_installed(True))
+    report.check_plotting()  # no complaint
 
 
 def test_the_peer_gets_a_column_and_a_ratio_of_its_own():
