@@ -43,15 +43,16 @@ ROUTES = ("chat", "completions")
 
 
 def _metrics_loggers(disabled: bool) -> list[Any] | None:
-    """In a Ray cluster, vLLM's Prometheus metrics go through Ray's metrics system, so every
-    node's metrics endpoint (and the Ray dashboard's Grafana) shows them with Serve's own."""
+    """In a Ray cluster, vLLM's Prometheus metrics also go to Ray's metrics, so every node's
+    metrics endpoint (and the Ray dashboard's Grafana) shows them with Serve's own; copied
+    there periodically, off the token path (serve_app/engine_metrics.py)."""
     import ray
 
     if disabled or not ray.is_initialized():
         return None  # the serverless worker keeps vLLM's default loggers
-    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+    from .engine_metrics import RayExportedStatLogger
 
-    return [RayPrometheusStatLogger]
+    return [RayExportedStatLogger]
 
 
 def _bind_cpu_workers(world_size: int) -> None:
@@ -133,6 +134,24 @@ class LLMEngine:
         }
         self._models = state.openai_serving_models
         self._slots = GenerationSlots(model.serve.max_concurrency, model.serve.max_queued_requests)
+        self._stats_task = (
+            asyncio.get_running_loop().create_task(self._log_stats_periodically())
+            if getattr(engine, "log_stats", False)
+            else None
+        )
+
+    async def _log_stats_periodically(self) -> None:
+        """What `vllm serve` does: every VLLM_LOG_STATS_INTERVAL seconds, vLLM's stat loggers
+        log (its throughput and cache line) and export (in a Ray cluster, the copy of its
+        metrics into Ray's)."""
+        from vllm import envs
+
+        while self._engine is not None:
+            await asyncio.sleep(envs.VLLM_LOG_STATS_INTERVAL)
+            try:
+                await self._engine.do_log_stats()
+            except Exception:  # a failed copy of the metrics must not end the loop
+                logger.exception("vLLM's periodic stats failed")
 
     @classmethod
     async def start(cls, model: ModelDeployment) -> LLMEngine:
@@ -368,6 +387,9 @@ class LLMEngine:
         await self._engine.check_health()
 
     def shutdown(self) -> None:
+        task, self._stats_task = getattr(self, "_stats_task", None), None
+        if task is not None:
+            task.cancel()
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()

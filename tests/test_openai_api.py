@@ -7,6 +7,7 @@ the module. Engine death, overload and fuzzing are in test_reliability.py.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -372,17 +373,29 @@ def test_client_disconnect_mid_stream_aborts_the_generation(app):
 
 
 def test_vllm_metrics_are_exported_through_rays_metrics_endpoint(app, client):
+    """vLLM's counters, gauges and histograms reach the node's metrics endpoint under the
+    names vLLM's Ray logger gives them; a histogram as its cumulative series."""
     import ray
 
     client.completions.create(model="tiny", prompt="metrics", max_tokens=3)
     port = ray._private.worker.global_worker.node.metrics_export_port
     url = f"http://127.0.0.1:{port}/metrics"
 
-    def vllm_lines() -> list[str]:
-        text = httpx.get(url, timeout=10).text
-        return [line for line in text.splitlines() if "vllm" in line and "generation" in line]
+    def series(text: str, name: str) -> list[tuple[str, float]]:
+        """(labels, value) of every sample of `name` in the endpoint's `text`."""
+        found = re.findall(rf"^{name}{{(.*)}} (\S+)$", text, flags=re.MULTILINE)
+        return [(labels, float(value)) for labels, value in found]
 
-    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
-    while not vllm_lines() and time.monotonic() < deadline:
+    ttft = "ray_vllm_time_to_first_token_seconds"
+    deadline = time.monotonic() + 90  # copied every 10 s; Ray exports every few seconds
+    text = httpx.get(url, timeout=10).text
+    while not series(text, f"{ttft}_count") and time.monotonic() < deadline:
         time.sleep(2)
-    assert vllm_lines(), "no vLLM generation metrics on Ray's metrics endpoint"
+        text = httpx.get(url, timeout=10).text
+    requests = sum(value for _, value in series(text, f"{ttft}_count"))
+    assert requests >= 1, "no vLLM time-to-first-token histogram on Ray's metrics endpoint"
+    buckets = series(text, f"{ttft}_bucket")
+    assert sum(value for labels, value in buckets if 'le="+Inf"' in labels) == requests
+    assert all('ReplicaId="' in labels for labels, _ in buckets)
+    assert sum(value for _, value in series(text, "ray_vllm_generation_tokens_total")) >= 3
+    assert series(text, "ray_vllm_num_requests_running"), "no vLLM gauge on the endpoint"
