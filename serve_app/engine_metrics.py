@@ -24,12 +24,12 @@ interval.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import prometheus_client
 from vllm.v1.metrics.loggers import PrometheusStatLogger
+from vllm.v1.metrics.ray_wrappers import RayPrometheusMetric
 
 # (kind: "counter" or "gauge", name, description, tag keys) -> a Ray metric
 MetricFactory = Callable[[str, str, str, tuple[str, ...]], Any]
@@ -42,9 +42,8 @@ def ray_metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...]
     return cls(name=name, description=description, tag_keys=tag_keys)
 
 
-def ray_name(name: str) -> str:
-    """The name Ray accepts (vLLM's RayPrometheusMetric does the same): `vllm:x` -> `vllm_x`."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+# The name Ray accepts for a Prometheus name (`vllm:x` -> `vllm_x`), as vLLM's Ray logger makes it.
+ray_name = RayPrometheusMetric._get_sanitized_opentelemetry_name
 
 
 class RayMetricsExport:
