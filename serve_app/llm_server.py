@@ -15,14 +15,15 @@ models, a router ingress (serve_app/ingress.py) calls these replicas through han
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response, StreamingResponse
 from ray.serve.handle import DeploymentHandle
 
-from . import engine_reaper, priority
-from .config.plan import IngressOptions, ModelDeployment
+from . import engine_reaper, priority, worker_cpus
+from .config.plan import IngressOptions, ModelDeployment, ServeOptions
 from .engine import LLMEngine, replica_id
 from .http_api import SSE_HEADERS, Route, build_http_app, serialized_json
 from .logs import get_logger
@@ -37,13 +38,37 @@ class LLMServer(LLMEngine):
         # First, so engine processes never outlive this replica, even if it is killed.
         self._reaper = engine_reaper.start()
         super().__init__(model, *await self.boot(model))
-        # Once the engine runs: its processes, this one, and Ray's background processes on
-        # this node (serve_app/priority.py).
-        for done, message in (
-            priority.set_engine_niceness(model.serve.engine_niceness, {self._reaper.pid}),
-            priority.set_replica_niceness(model.serve.niceness),
-            priority.set_background_niceness(model.serve.background_niceness),
-        ):
+        self._place_processes(model.serve)
+
+    def _place_processes(self, options: ServeOptions) -> None:
+        """Once the engine runs: the priorities of its processes, of this one and of Ray's
+        background processes on this node (serve_app/priority.py); on vLLM's CPU backend, the
+        CPUs of this process and its engine core (serve_app/worker_cpus.py)."""
+        engine = priority.engine_pids(exclude={self._reaper.pid})
+        split = worker_cpus.plan(engine) if options.pin_serving_to_reserved_cpus else None
+        workers = split.workers if split else []
+        core = [pid for pid in engine if pid not in workers]
+        results = [
+            priority.set_engine_niceness(options.engine_niceness, core),
+            priority.set_replica_niceness(options.niceness),
+            priority.set_background_niceness(options.background_niceness),
+        ]
+        if split:
+            results.append(
+                priority.set_niceness(
+                    options.niceness, workers, "LLM_REPLICA_NICENESS", "vLLM's workers"
+                )
+            )
+            worker_cpus.pin([os.getpid(), *core], split.serving)
+            results.append(
+                (
+                    True,
+                    f"this LLM replica and its engine core on CPUs "
+                    f"{worker_cpus.describe(split.serving)}, off vLLM's workers' "
+                    "(PIN_SERVING_TO_RESERVED_CPUS)",
+                )
+            )
+        for done, message in results:
             (logger.info if done else logger.warning)(message)
 
     async def ready(self) -> bool:

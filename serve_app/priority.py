@@ -29,6 +29,9 @@ raylet (workers started later inherit its value, and a new replica could not low
 every Serve replica, and Serve's HAProxy manager (HAProxy, on the token path, inherits its
 value when it restarts).
 
+On vLLM's CPU backend, where the replica and its engine core keep off the workers' CPUs
+(serve_app/worker_cpus.py), the workers run at the replica's value instead.
+
 Linux keeps a nice value per thread (new threads inherit their creator's), so every thread of
 a process is set.
 """
@@ -90,9 +93,13 @@ def set_replica_niceness(value: int) -> tuple[bool, str]:
     return set_niceness(value, [os.getpid()], "LLM_REPLICA_NICENESS", "this LLM replica")
 
 
-def set_engine_niceness(value: int, exclude: set[int]) -> tuple[bool, str]:
-    """The engine's processes (this process's descendants but `exclude`) at nice `value`."""
-    engine = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in exclude]
+def engine_pids(exclude: set[int]) -> list[int]:
+    """The engine's processes: this process's descendants but `exclude`."""
+    return [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in exclude]
+
+
+def set_engine_niceness(value: int, engine: list[int]) -> tuple[bool, str]:
+    """The engine's processes `engine` at nice `value`."""
     if not engine:
         return True, "LLM_ENGINE_NICENESS: the engine runs no processes of its own here"
     pids = ", ".join(map(str, engine))

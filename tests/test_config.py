@@ -404,6 +404,13 @@ def test_the_llm_replica_runs_at_vllms_priority_and_its_engine_at_rays_unless_to
     )
 
 
+def test_the_serving_processes_keep_off_vllms_cpu_workers_unless_told_otherwise():
+    assert plan_of({}).models[0].serve.pin_serving_to_reserved_cpus is True
+    serve = plan_of({"PIN_SERVING_TO_RESERVED_CPUS": "false"}).models[0].serve
+    assert serve.pin_serving_to_reserved_cpus is False
+    assert "pin_serving_to_reserved_cpus" not in serve.deployment_options()
+
+
 def test_http_writes_are_coalesced_unless_switched_off():
     assert plan_of({}).ingress.coalesce_http_writes is True
     assert plan_of({"COALESCE_HTTP_WRITES": "0"}).ingress.coalesce_http_writes is False

@@ -39,7 +39,7 @@ worker.start()
 if target == "replica":
     done, message = priority.set_replica_niceness(value)
 else:
-    done, message = priority.set_engine_niceness(value, exclude=set())
+    done, message = priority.set_engine_niceness(value, priority.engine_pids(exclude=set()))
 nice = lambda pid: [os.getpriority(os.PRIO_PROCESS, tid) for tid in priority.thread_ids(pid)]
 report = {"done": done, "message": message, "replica": nice(os.getpid()), "engine": nice(engine)}
 stop.set()

@@ -312,20 +312,35 @@ def test_the_replica_keeps_its_start_up_heap_out_of_garbage_collection(app):
     assert stats["gc_frozen_objects"] > 100_000, stats
 
 
-def test_the_replica_runs_at_vllms_priority_and_its_engine_at_rays(app):
+def test_the_replica_runs_at_vllms_priority_and_its_engine_core_at_rays(app):
     """Ray starts its workers at 0 here, as wherever this project starts Ray
     (RAY_worker_niceness=0): the LLM replica, which does what `vllm serve`'s API server does,
     is at LLM_REPLICA_NICENESS's 0 without any privilege, and it has raised every thread of its
-    engine's processes (engine core, worker) to LLM_ENGINE_NICENESS's 15."""
+    engine core to LLM_ENGINE_NICENESS's 15. vLLM's worker, bound by vLLM to CPUs of its own,
+    runs at the replica's 0, and the replica and its engine core, every thread, keep to the
+    CPUs vLLM leaves (PIN_SERVING_TO_RESERVED_CPUS)."""
     assert os.environ["RAY_worker_niceness"] == "0"  # noqa: SIM112 (Ray's spelling)
     replica = psutil.Process(app.handle().stats.remote().result()["pid"])
-    engine = [p for p in replica.children(recursive=True) if p.cmdline()[0].startswith("VLLM::")]
-    assert {p.cmdline()[0].split()[0] for p in engine} == {"VLLM::EngineCore", "VLLM::Worker"}
-    threads = {t.id: os.getpriority(os.PRIO_PROCESS, t.id) for t in replica.threads()}
-    assert set(threads.values()) == {0}, threads
-    for process in engine:
-        threads = {t.id: os.getpriority(os.PRIO_PROCESS, t.id) for t in process.threads()}
-        assert set(threads.values()) == {15}, (process.cmdline()[0], threads)
+    engine = {
+        p.cmdline()[0].split()[0]: p
+        for p in replica.children(recursive=True)
+        if p.cmdline()[0].startswith("VLLM::")
+    }
+    assert set(engine) == {"VLLM::EngineCore", "VLLM::Worker"}
+    core, worker = engine["VLLM::EngineCore"], engine["VLLM::Worker"]
+
+    def nice(process: psutil.Process) -> set[int]:
+        return {os.getpriority(os.PRIO_PROCESS, t.id) for t in process.threads()}
+
+    def cpus(process: psutil.Process) -> set[frozenset[int]]:
+        return {frozenset(os.sched_getaffinity(t.id)) for t in process.threads()}
+
+    assert (nice(replica), nice(core), nice(worker)) == ({0}, {15}, {0})
+    bound = os.sched_getaffinity(worker.pid)
+    allowed = os.sched_getaffinity(0)
+    assert bound < allowed, (bound, allowed)  # vLLM's automatic binding reserves a core
+    serving = frozenset(allowed - bound)
+    assert (cpus(replica), cpus(core)) == ({serving}, {serving})
 
 
 def test_rays_processes_off_the_token_path_run_below_the_serving_ones(app):

@@ -74,6 +74,9 @@ class ServeOptions(BaseModel):
     niceness: int = 0
     engine_niceness: int = 15
     background_niceness: int = 0  # Ray's processes off the token path on the replica's node
+    # On vLLM's CPU backend: this replica and its engine core off its workers' CPUs
+    # (serve_app/worker_cpus.py).
+    pin_serving_to_reserved_cpus: bool = True
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -443,6 +446,7 @@ def build_model_deployment(
             niceness=values["LLM_REPLICA_NICENESS"],
             engine_niceness=values["LLM_ENGINE_NICENESS"],
             background_niceness=values["BACKGROUND_NICENESS"],
+            pin_serving_to_reserved_cpus=values["PIN_SERVING_TO_RESERVED_CPUS"],
         ),
         env_vars=env_vars,
         jobs=JobOutputOptions(
