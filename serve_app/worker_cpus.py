@@ -12,9 +12,9 @@ the workers at LLM_ENGINE_NICENESS (15): at 0 they took the CPU requests are pre
 
 With the replica and its engine core kept on the reserved CPUs (every thread; threads started
 later inherit it), the workers have theirs to themselves and run at the replica's priority, as
-vLLM's server runs them: on the 2-core development machine, within one start, 1.10x and 1.17x
-the output throughput, median TPOT 0.93x and 0.81x, median ITL better in 14 of 14 pairs
-(docs/benchmarks step 25).
+vLLM's server runs them: on the 2-core development machine under load, within one start,
+1.10x to 1.17x the output throughput and a median TPOT of 0.81x to 0.93x; across alternated
+starts 1.02x and 0.94x (docs/benchmarks step 25).
 
 Nothing changes where the workers are not bound to a part of the CPUs this process may use:
 on GPUs, with VLLM_CPU_OMP_THREADS_BIND=nobind, or where they are bound to all of them.
