@@ -69,8 +69,7 @@ def test_plan_finds_the_workers_and_leaves_the_rest_to_serving(worker):
 
 
 def test_pin_moves_every_thread_of_a_process():
-    """Threads keep their own CPU set on Linux: pin sets each, and a thread started after is
-    on the same CPUs (it inherits its creator's)."""
+    """Threads keep their own CPU set on Linux: pin sets each of a process's threads."""
     child = subprocess.Popen([sys.executable, "-c", TWO_THREADS], stdin=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
