@@ -12,7 +12,7 @@ from typing import Any
 START = "<!-- results:start (written by bench/run.py) -->"
 END = "<!-- results:end -->"
 # A gap between two tokens of all streams, longer than this many of the run's median ITL, is
-# a pause (bench/run.py's paused_ms).
+# a pause (bench/run.py's pauses).
 PAUSE_ITLS = 4
 ROWS = [
     ("output_throughput", "output tok/s", "{:.0f}", "ratio"),

@@ -276,11 +276,7 @@ CLIENT_CODE = (
 
 def read_result(result: Path) -> dict[str, Any]:
     figures = json.loads(result.read_text())
-    return {
-        **figures,
-        "longest_pause_ms": longest_pause_ms(figures),
-        "paused_ms": paused_ms(figures),
-    }
+    return {**figures, **pauses(figures)}
 
 
 def bench_client(
@@ -315,19 +311,23 @@ def _gaps_s(figures: dict[str, Any]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
-def longest_pause_ms(figures: dict[str, Any]) -> float:
-    """The longest time, after the first token, in which no stream of the run received one: a
-    stall of the whole server (or of the client's reading), which per-stream ITLs hide."""
-    return 1000 * max(_gaps_s(figures), default=0.0)
+def pauses(figures: dict[str, Any]) -> dict[str, float]:
+    """The run's stalls of the whole server, from the gaps between its tokens (computed once):
 
-
-def paused_ms(figures: dict[str, Any]) -> float:
-    """How long, in all, no stream of the run received a token for longer than
-    report.PAUSE_ITLS median ITLs: the run's time lost to stalls of the whole server, as
-    after a burst of new requests (docs/benchmarks step 23). Where tokens arrive in batches
-    (median ITL 0), every gap between batches counts."""
+    - `longest_pause_ms`: the longest time, after the first token, in which no stream of the
+      run received one (a stall of the whole server, or of the client's reading, which
+      per-stream ITLs hide);
+    - `paused_ms`: how long, in all, no stream received a token for longer than
+      report.PAUSE_ITLS median ITLs: the run's time lost to stalls, as after a burst of new
+      requests (docs/benchmarks step 23). Where tokens arrive in batches (median ITL 0), every
+      gap between batches counts.
+    """
+    gaps = _gaps_s(figures)
     threshold_s = report.PAUSE_ITLS * figures["median_itl_ms"] / 1000
-    return 1000 * sum(gap for gap in _gaps_s(figures) if gap > threshold_s)
+    return {
+        "longest_pause_ms": 1000 * max(gaps, default=0.0),
+        "paused_ms": 1000 * sum(gap for gap in gaps if gap > threshold_s),
+    }
 
 
 SERVERS = {"vllm": vllm_server, "ours": our_server}

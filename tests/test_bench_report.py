@@ -56,13 +56,13 @@ def _figures(median_itl_ms: float) -> dict:
 
 
 def test_pauses_are_the_gaps_in_which_no_stream_got_a_token():
-    assert run.longest_pause_ms(_figures(10.0)) == pytest.approx(180.0)
+    assert run.pauses(_figures(10.0))["longest_pause_ms"] == pytest.approx(180.0)
     # Over 4 median ITLs (40 ms): the gaps of 180 and 100 ms, not those of 5 and 10 ms.
-    assert run.paused_ms(_figures(10.0)) == pytest.approx(280.0)
-    assert run.paused_ms(_figures(30.0)) == pytest.approx(180.0)  # over 120 ms
-    assert run.paused_ms(_figures(50.0)) == 0.0  # over 200 ms: none
+    assert run.pauses(_figures(10.0))["paused_ms"] == pytest.approx(280.0)
+    assert run.pauses(_figures(30.0))["paused_ms"] == pytest.approx(180.0)  # over 120 ms
+    assert run.pauses(_figures(50.0))["paused_ms"] == 0.0  # over 200 ms: none
     # Tokens in batches (median ITL 0): every gap between them counts, first to last token.
-    assert run.paused_ms(_figures(0.0)) == pytest.approx(300.0)
+    assert run.pauses(_figures(0.0))["paused_ms"] == pytest.approx(300.0)
 
 
 def test_without_matplotlib_the_benchmark_stops_before_its_runs_saying_what_to_do(monkeypatch):
