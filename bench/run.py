@@ -44,9 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import jobs, peer, report  # noqa: E402
-from serve_app.config import vllm_args  # noqa: E402
 from serve_app.config.plan import build_plan  # noqa: E402
-from serve_app.model_files import resolve_model  # noqa: E402
+from serve_app.engine import args as vllm_args  # noqa: E402
+from serve_app.engine import vllm_engine  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
 START_TIMEOUT_S = 900
@@ -192,9 +192,12 @@ class Engine:
 
 
 def engine_for(workload: Workload) -> Engine:
+    """The engine arguments of the plan, the model as a local path (`engine_options`). The
+    tool-call parser a replica chooses runs only on requests with tools, so without one the
+    other servers do what a replica does on the benchmark's chat requests."""
     model = build_plan(app_env(workload)).models[0]
-    path = resolve_model(model.model_name, revision=None, **model.storage.model_dump())
-    return Engine({**model.vllm_args, "model": str(path)}, dict(model.env_vars))
+    options = vllm_engine.engine_options(model.model_copy(update={"choose_tool_parser": False}))
+    return Engine(options, dict(model.env_vars))
 
 
 def serve_config_file(config: dict[str, Any]) -> Path:

@@ -70,6 +70,7 @@ def check_placement(plan: AppPlan) -> None:
 
 
 def warn_without_haproxy() -> None:
+    # Serve's own reading of the setting (where Ray started), which it exposes nowhere public.
     from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
 
     if not RAY_SERVE_ENABLE_HA_PROXY:

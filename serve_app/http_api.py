@@ -1,16 +1,17 @@
-"""The HTTP API of the application: OpenAI routes, RunPod's job API and /health.
+"""The HTTP app of an ingress replica: the model's API, RunPod's job API and /health.
 
-One FastAPI app, built in each ingress replica by `build_http_app` around a `Backend` that
-answers the OpenAI requests:
+`build_http_app` builds one FastAPI app around the model's API (an ASGI app):
 
-* in the LLM replica itself when one model is served (serve_app/llm_server.py): the request
-  goes straight to the engine in the same process, as in `vllm serve`;
-* through the router ingress when several are (serve_app/ingress.py), by `model`.
+* in the LLM replica itself when one model is served (llm_server.py): the replica's model API
+  (model_api.py over vLLM's routers) runs in the same process, as in `vllm serve`;
+* in the router ingress when several are (ingress.py), which forwards each request by `model`.
 
-Answers leave already serialized (a JSON body, or vLLM's SSE chunks), so nothing on the token
-path parses or re-encodes them. RunPod's job routes go to the job queue deployment. Errors
-use the protocol's own shape: OpenAI's error JSON on OpenAI routes, `{"error": ...}` on the
-job API.
+Every route `vllm serve` answers is served under `/v1/...` (and vLLM's own paths such as
+`/tokenize`); the `/v1/...` ones also under RunPod's base URLs `/openai/v1/...` and
+`/v2/<endpoint_id>/openai/v1/...`. RunPod's job routes go to the job queue deployment. On every
+route: API_KEY (as `Authorization: Bearer` or Anthropic's `x-api-key`), MAX_REQUEST_BYTES, and
+errors in the protocol's own shape (api_errors.py). Answers leave already serialized, so nothing
+on the token path parses or re-encodes them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,93 +30,67 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import openai_errors, write_coalescing
+from . import write_coalescing
+from .api_errors import error_for, protocol_of, split_openai_prefix
 from .config.plan import IngressOptions
-from .jobs.inputs import request_limits
+from .engine.protocol import ASGIApp, Receive, Scope, Send
+from .jobs.inputs import JobInput, request_limits
 from .logs import get_logger, quiet_access_log
+from .model_api import RETRY_AFTER_S
 
 logger = get_logger(__name__)
 
-Route = Literal["chat", "completions"]
-RETRY_AFTER_S = "5"
-OPENAI_PREFIXES = ("/v1", "/openai/v1", "/v2/{endpoint_id}/openai/v1")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-
-class Backend(Protocol):
-    """What answers the OpenAI routes for the models of this application."""
-
-    async def openai(self, route: Route, body: bytes) -> Response:
-        """The response to one chat or completions request (`body` is the raw JSON)."""
-
-    async def model_cards(self) -> list[dict[str, Any]]:
-        """The model cards of /v1/models (served names and LoRA adapters)."""
-
-    async def health(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, details) for GET /health."""
+Health = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 
-def _retry_after(status: int) -> dict[str, str] | None:
-    """Overload and unavailability answers say when to retry (the OpenAI SDK honours it)."""
-    return {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
-
-
-def error_response(status: int, body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers=_retry_after(status))
-
-
-def serialized_json(body: bytes, status: int) -> Response:
-    """An answer the engine already serialized, passed through as is."""
-    return Response(
-        body, status_code=status, media_type="application/json", headers=_retry_after(status)
-    )
-
-
-def openai_error(status: int, message: str, **kwargs: Any) -> JSONResponse:
-    """OpenAI's error shape."""
-    return error_response(status, openai_errors.error_dict(status, message, **kwargs))
+def error_response(path: str, status: int, message: str, **kwargs: Any) -> JSONResponse:
+    """An error in the shape of the protocol `path` belongs to; overload and unavailability
+    say when to retry (the OpenAI and Anthropic SDKs honour Retry-After)."""
+    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+    body = error_for(protocol_of(path), status, message, **kwargs)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def runpod_error(status: int, message: str) -> JSONResponse:
     """RunPod's error shape for the job API."""
-    return error_response(status, {"error": message})
-
-
-def is_openai_path(path: str) -> bool:
-    return path.startswith("/v1/") or "/openai/v1/" in path
-
-
-def is_runpod_path(path: str) -> bool:
-    """RunPod's job API (answers errors as `{"error": ...}`), not its OpenAI base URL."""
-    return path.startswith("/v2/") and not is_openai_path(path)
+    return error_response("/v2/-/run", status, message)
 
 
 class ApiKeyMiddleware:
-    """With API_KEY set, every route but GET /health needs `Authorization: Bearer <key>`.
+    """With API_KEY set, every route but GET /health needs the key: `Authorization: Bearer
+    <key>` (OpenAI's and RunPod's SDKs) or `x-api-key: <key>` (Anthropic's).
 
     Pure ASGI (no body wrapping on the token path); compares SHA-256 digests in constant time.
     """
 
-    def __init__(self, asgi_app: Any, expected_sha256: str):
+    def __init__(self, asgi_app: ASGIApp, expected_sha256: str):
         self.app = asgi_app
         self.expected_sha256 = expected_sha256
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    def _valid(self, key: bytes) -> bool:
+        given = hashlib.sha256(key).hexdigest()
+        return hmac.compare_digest(given, self.expected_sha256)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/health":
             await self.app(scope, receive, send)
             return
-        header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
-        scheme, _, key = header.partition(" ")
-        given = hashlib.sha256((key if scheme.lower() == "bearer" else header).encode()).hexdigest()
-        if hmac.compare_digest(given, self.expected_sha256):
+        headers = dict(scope.get("headers") or ())
+        authorization = headers.get(b"authorization", b"")
+        scheme, _, key = authorization.partition(b" ")
+        bearer = key if scheme.lower() == b"bearer" else authorization
+        if (authorization and self._valid(bearer)) or (
+            b"x-api-key" in headers and self._valid(headers[b"x-api-key"])
+        ):
             await self.app(scope, receive, send)
             return
-        message = "Missing or invalid API key: send `Authorization: Bearer <API_KEY>`"
-        await _error_for_path(scope["path"], 401, message)(scope, receive, send)
-
-
-def _error_for_path(path: str, status: int, message: str) -> JSONResponse:
-    return runpod_error(status, message) if is_runpod_path(path) else openai_error(status, message)
+        message = (
+            "Missing or invalid API key: send `Authorization: Bearer <API_KEY>` "
+            "(or `x-api-key: <API_KEY>`)"
+        )
+        await error_response(scope["path"], 401, message)(scope, receive, send)
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -126,22 +102,22 @@ class BodyLimitMiddleware:
     """Bodies over MAX_REQUEST_BYTES get 413: at once when Content-Length says so, else as
     soon as that much has arrived (the route's error handler answers it)."""
 
-    def __init__(self, asgi_app: Any, limit: int):
+    def __init__(self, asgi_app: ASGIApp, limit: int):
         self.app = asgi_app
         self.limit = limit
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers") or ()).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
             error = BodyTooLarge(self.limit)
-            await _error_for_path(scope["path"], 413, error.detail)(scope, receive, send)
+            await error_response(scope["path"], 413, error.detail)(scope, receive, send)
             return
         received = 0
 
-        async def limited_receive() -> dict:
+        async def limited_receive() -> Any:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -153,13 +129,51 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+class OpenAIPrefixMiddleware:
+    """`/openai/v1/...` and `/v2/<endpoint_id>/openai/v1/...` (RunPod's base URLs) serve what
+    `/v1/...` serves; an endpoint id other than RUNPOD_ENDPOINT_ID (when set) gets 404."""
+
+    def __init__(self, asgi_app: ASGIApp, endpoint_id: str | None):
+        self.app = asgi_app
+        self.endpoint_id = endpoint_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        split = split_openai_prefix(scope["path"]) if scope["type"] == "http" else None
+        if split is None:
+            await self.app(scope, receive, send)
+            return
+        path, endpoint = split
+        if unknown := unknown_endpoint(endpoint, self.endpoint_id):
+            await error_response(scope["path"], 404, unknown)(scope, receive, send)
+            return
+        scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, receive, send)
+
+
+def unknown_endpoint(endpoint_id: str | None, expected: str | None) -> str | None:
+    """Why a /v2/{endpoint_id}/... path is not this endpoint, or None."""
+    if endpoint_id is None or expected is None or endpoint_id == expected:
+        return None
+    return f"Unknown endpoint {endpoint_id!r}: this deployment serves {expected!r}"
+
+
 # RunPod's job polls: every waiting client sends one per job every second or faster.
 STATUS_ROUTE = "/v2/{endpoint_id}/status/{job_id}"
 STREAM_ROUTE = "/v2/{endpoint_id}/stream/{job_id}"
 
 
-def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHandle) -> FastAPI:
-    """The FastAPI app of an ingress replica. Built before Serve starts the replica's HTTP
+def build_http_app(
+    options: IngressOptions,
+    api: ASGIApp,
+    health: Health,
+    jobs: DeploymentHandle,
+    *,
+    openapi: Callable[[], dict[str, Any]] | None = None,
+    models: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+) -> FastAPI:
+    """The FastAPI app of an ingress replica: RunPod's job routes and /health here, every other
+    route answered by `api` (the model's API). `openapi` describes `api`'s routes; `models`, if
+    given, answers /v1/models instead of `api`. Built before Serve starts the replica's HTTP
     server, so every connection it accepts has its writes coalesced (COALESCE_HTTP_WRITES)."""
     if not options.log_job_polls:
         quiet_access_log({STATUS_ROUTE, STREAM_ROUTE})
@@ -167,44 +181,40 @@ def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHa
         logger.info("HTTP writes coalesced per event-loop tick (COALESCE_HTTP_WRITES)")
     app = FastAPI(
         title="ray-vllm-worker",
-        description="OpenAI- and RunPod-compatible LLM serving on Ray Serve and vLLM",
+        description="OpenAI-, Anthropic- and RunPod-compatible LLM serving on Ray Serve and vLLM",
     )
     # Added last, runs first: the API key is checked before the body is read.
+    app.add_middleware(OpenAIPrefixMiddleware, endpoint_id=options.endpoint_id)
     app.add_middleware(BodyLimitMiddleware, limit=options.max_request_bytes)
     if options.api_key_sha256:
         app.add_middleware(ApiKeyMiddleware, expected_sha256=options.api_key_sha256)
     _add_error_handlers(app)
 
-    def unknown_endpoint(endpoint_id: str | None) -> str | None:
-        """Why a /v2/{endpoint_id}/... path is not this endpoint, or None."""
-        expected = options.endpoint_id
-        if endpoint_id is None or expected is None or endpoint_id == expected:
-            return None
-        return f"Unknown endpoint {endpoint_id!r}: this deployment serves {expected!r}"
+    if models is not None:
 
-    # ---------------------------------------------------------------- OpenAI
-    def openai_route(route: Route):
-        async def handler(request: Request, endpoint_id: str | None = None) -> Response:
-            if unknown := unknown_endpoint(endpoint_id):
-                return openai_error(404, unknown)
-            return await backend.openai(route, await request.body())
+        @app.get("/v1/models")
+        async def list_models() -> JSONResponse:
+            return JSONResponse({"object": "list", "data": await models()})
 
-        return handler
+    _add_job_routes(app, options, jobs)
 
-    async def models(endpoint_id: str | None = None) -> JSONResponse:
-        if unknown := unknown_endpoint(endpoint_id):
-            return openai_error(404, unknown)
-        return JSONResponse({"object": "list", "data": await backend.model_cards()})
+    @app.get("/health")
+    async def health_route() -> JSONResponse:
+        healthy, details = await health()
+        body = {"status": "ok" if healthy else "unavailable", **details}
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
-    for prefix in OPENAI_PREFIXES:
-        app.post(f"{prefix}/chat/completions")(openai_route("chat"))
-        app.post(f"{prefix}/completions")(openai_route("completions"))
-        app.get(f"{prefix}/models")(models)
+    app.openapi = lambda: _openapi(app, openapi)  # type: ignore[method-assign]
+    # Every path none of the routes above has (Starlette's `default`, after its 405s for them):
+    # the model's API.
+    app.router.default = api
+    return app
 
-    # ---------------------------------------------------------------- RunPod job API
+
+def _add_job_routes(app: FastAPI, options: IngressOptions, jobs: DeploymentHandle) -> None:
     async def job_call(endpoint_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call the job queue; a JSONResponse if that cannot be done."""
-        if unknown := unknown_endpoint(endpoint_id):
+        if unknown := unknown_endpoint(endpoint_id, options.endpoint_id):
             return runpod_error(404, unknown)
         try:
             return await getattr(jobs, method).remote(*args, **kwargs)
@@ -267,48 +277,36 @@ def build_http_app(options: IngressOptions, backend: Backend, jobs: DeploymentHa
     async def runpod_health(endpoint_id: str) -> Any:
         return await job_call(endpoint_id, "health")
 
-    app.openapi = lambda: _openapi_with_request_bodies(app)  # type: ignore[method-assign]
 
-    # ---------------------------------------------------------------- health
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        healthy, details = await backend.health()
-        body = {"status": "ok" if healthy else "unavailable", **details}
-        return JSONResponse(body, status_code=200 if healthy else 503)
-
-    return app
-
-
-def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI description, with the request bodies the routes read themselves (raw, to
-    keep pydantic off the token path): vLLM's request models for the OpenAI routes, worker-
-    vllm's job input for RunPod's /run and /runsync. Built on first request (imports vLLM)."""
+def _openapi(app: FastAPI, model_api: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
+    """The OpenAPI description: the model API's routes (vLLM's, with its request models), and
+    RunPod's job routes with worker-vllm's job input as the body of /run and /runsync. The
+    routes under RunPod's OpenAI base URLs are those of /v1, not listed again."""
     if app.openapi_schema:
         return app.openapi_schema
     from fastapi.openapi.utils import get_openapi
     from pydantic.json_schema import models_json_schema
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-    from .jobs.inputs import JobInput
-
-    models = [ChatCompletionRequest, CompletionRequest, JobInput]
-    _, definitions = models_json_schema(
-        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
-    )
     schema = get_openapi(
         title=app.title, version="1", description=app.description, routes=app.routes
     )
-    schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
-
-    def ref(model: type) -> dict[str, Any]:
-        return {"$ref": f"#/components/schemas/{model.__name__}"}
-
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    if model_api is not None:
+        inner = model_api()
+        for path, item in inner.get("paths", {}).items():
+            if path not in schema["paths"] and path not in ("/health", "/metrics"):
+                schema["paths"][path] = item
+        for name, definition in inner.get("components", {}).get("schemas", {}).items():
+            components.setdefault(name, definition)
+    _, definitions = models_json_schema(
+        [(JobInput, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    components.update(definitions["$defs"])
     job = {
         "type": "object",
         "required": ["input"],
         "properties": {
-            "input": ref(JobInput),
+            "input": {"$ref": "#/components/schemas/JobInput"},
             "policy": {
                 "type": "object",
                 "properties": {
@@ -318,20 +316,12 @@ def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
             },
         },
     }
-    bodies = {
-        "/chat/completions": ref(ChatCompletionRequest),
-        "/completions": ref(CompletionRequest),
-        "/run": job,
-        "/runsync": job,
-    }
     for path, item in schema["paths"].items():
-        for suffix, body in bodies.items():  # "/chat/completions" before "/completions"
-            if path.endswith(suffix) and "post" in item:
-                item["post"]["requestBody"] = {
-                    "required": True,
-                    "content": {"application/json": {"schema": body}},
-                }
-                break
+        if path.endswith(("/run", "/runsync")) and "post" in item:
+            item["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": job}},
+            }
     app.openapi_schema = schema
     return schema
 
@@ -344,20 +334,18 @@ def _add_error_handlers(app: FastAPI) -> None:
             message = f"Unknown route: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
-        return _error_for_path(request.url.path, exc.status_code, message)
+        return error_response(request.url.path, exc.status_code, message)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         """A bug, not bad input: logged with its traceback, answered without it."""
         logger.exception("%s %s failed", request.method, request.url.path)
         message = f"Internal error while serving the request ({type(exc).__name__})"
-        return _error_for_path(request.url.path, 500, message)
+        return error_response(request.url.path, 500, message)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"Invalid request: {loc}: {first.get('msg', 'invalid')}"
-        if is_runpod_path(request.url.path):
-            return runpod_error(400, message)
-        return openai_error(400, message, param=loc)
+        return error_response(request.url.path, 400, message, param=loc)

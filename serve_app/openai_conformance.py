@@ -3,7 +3,9 @@
 vLLM serializes every optional field, so its responses carry `null` where OpenAI's schema
 says a field is absent or never null (`annotations`, `function_call`, `service_tier`,
 `usage.prompt_tokens_details`, ...). `conform` walks a response along the schema and drops
-those nulls; values the schema allows are left untouched. Extra vLLM fields with values
+those nulls; it fills what vLLM leaves out of a required field when the schema allows an empty
+value (Responses' `logprobs` as [], its `error` as null). Values the schema allows are left
+untouched. Extra vLLM fields with values
 (e.g. `stop_reason`) stay: OpenAI's schemas allow additional properties.
 
 `openai_schemas.json` is the subset of OpenAI's OpenAPI description (openai-openapi, MIT)
@@ -27,6 +29,9 @@ ROOT_SCHEMAS = (
     "CreateCompletionResponse",
     "ListModelsResponse",
     "ErrorResponse",
+    "Response",
+    "ResponseStreamEvent",
+    "CreateEmbeddingResponse",
 )
 
 
@@ -70,7 +75,9 @@ def _branch(schema: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def conform(value: Any, schema: dict[str, Any] | str) -> Any:
-    """Drop `null` fields that `schema` neither requires nor allows to be null (in place)."""
+    """Drop `null` fields that `schema` neither requires nor allows to be null; a required list
+    that is `null` or absent becomes empty, a required nullable field that is absent `null`
+    (in place)."""
     if isinstance(schema, str):
         schema = schemas()[schema]
     if isinstance(value, dict):
@@ -82,10 +89,20 @@ def conform(value: Any, schema: dict[str, Any] | str) -> Any:
         for key in list(value):
             sub = properties.get(key)
             if value[key] is None:
-                if key not in required and (sub is None or not _allows_null(sub)):
+                if sub is not None and _allows_null(sub):
+                    continue
+                if key not in required:
                     del value[key]
+                elif sub is not None and _branch(sub, "array") is not None:
+                    value[key] = []  # e.g. Responses' `logprobs` when none were asked for
             elif sub is not None:
                 value[key] = conform(value[key], sub)
+        for key in required - set(value):  # e.g. Responses' `error`, which vLLM leaves out
+            sub = properties.get(key)
+            if sub is not None and _allows_null(sub):
+                value[key] = None
+            elif sub is not None and _branch(sub, "array") is not None:
+                value[key] = []
     elif isinstance(value, list):
         array = _branch(schema, "array")
         if array is not None and isinstance(array.get("items"), dict):

@@ -4,9 +4,10 @@
     python -m serve_app.runpod_worker --rp_serve_api \\
         --rp_api_host 127.0.0.1 --rp_api_port 8000         # runpod's local test API
 
-Jobs take the same path as in the Ray Serve application (serve_app/engine.py `job`):
-worker-vllm's inputs and outputs, streamed with `return_aggregate_stream`, and at most
-MAX_CONCURRENCY jobs at once (runpod's `concurrency_modifier`).
+Jobs take the same path as in the Ray Serve application (jobs/runner.py through the model's
+API, model_api.py): worker-vllm's inputs and outputs, `openai_route` for every OpenAI-shaped
+route the model serves, streamed with `return_aggregate_stream`, and at most MAX_CONCURRENCY
+jobs at once (runpod's `concurrency_modifier`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from . import engine_reaper
+from .admission import GenerationSlots
 from .config.errors import ConfigError
 from .config.plan import ModelDeployment, build_plan
-from .engine import LLMEngine, freeze_startup_heap
+from .engine import vllm_engine
+from .engine.protocol import Engine
+from .jobs.runner import JobRunner
 from .jobs.translate import JobFailed, JobStarted, ReplicaBusy
 from .logs import get_logger
+from .model_api import ModelApi
 
 logger = get_logger(__name__)
 
@@ -32,21 +37,27 @@ class Worker:
 
     def __init__(self, model: ModelDeployment):
         self.model = model
-        self._engine: LLMEngine | None = None
+        self.engine: Engine | None = None
+        self._runner: JobRunner | None = None
         self._starting: asyncio.Lock | None = None
 
-    async def engine(self) -> LLMEngine:
-        if self._engine is None:
+    async def runner(self) -> JobRunner:
+        if self._runner is None:
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
-                if self._engine is None:
-                    self._engine = await LLMEngine.start(self.model)
-                    freeze_startup_heap()
-        return self._engine
+                if self._runner is None:
+                    self.engine = await vllm_engine.start(self.model)
+                    vllm_engine.freeze_startup_heap()
+                    serve = self.model.serve
+                    slots = GenerationSlots(serve.max_concurrency, serve.max_queued_requests)
+                    api = ModelApi(self.engine.app, slots)
+                    name = self.model.served_model_names[0]
+                    self._runner = JobRunner(api, slots, name, self.model.jobs, "worker")
+        return self._runner
 
     async def handler(self, job: dict[str, Any]) -> AsyncIterator[Any]:
-        engine = await self.engine()
-        async for item in engine.job(job.get("input")):
+        runner = await self.runner()
+        async for item in runner.run(job.get("input")):
             if isinstance(item, JobFailed):
                 # runpod turns an output's "error" into a FAILED job with that message
                 yield {"error": item.error}

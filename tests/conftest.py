@@ -71,6 +71,12 @@ def tiny_tp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_embedding_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny embedding model (vLLM's pooling runner)."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-embed", embedding=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_lora(tiny_model: Path) -> Path:
     return build_lora_adapter(tiny_model, tiny_model.parent / "tiny-lora")
 

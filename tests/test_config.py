@@ -12,11 +12,11 @@ import yaml
 
 from serve_app.__main__ import with_scaling
 from serve_app.admission import CONTROL_HEADROOM
-from serve_app.config import vllm_args
 from serve_app.config.env import read_env
 from serve_app.config.errors import ConfigError
 from serve_app.config.plan import CPU_KV_CACHE_BYTES, build_plan
 from serve_app.config.ray_env import ray_env_defaults, serve_config_for
+from serve_app.engine import args as vllm_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,9 +73,20 @@ def test_every_bad_variable_is_reported_at_once():
     assert len(problems) == 6
 
 
+def test_tool_calls_are_on_by_default_with_a_parser_chosen_by_each_replica():
+    (model,) = plan_of({}).models
+    assert model.choose_tool_parser and "tool_call_parser" not in model.vllm_args
+    (model,) = plan_of({"TOOL_CALL_PARSER": "mistral"}).models
+    assert not model.choose_tool_parser
+    assert model.vllm_args["tool_call_parser"] == "mistral"
+    assert model.vllm_args["enable_auto_tool_choice"] is True
+    (model,) = plan_of({"ENABLE_AUTO_TOOL_CHOICE": "0"}).models
+    assert not model.choose_tool_parser and "enable_auto_tool_choice" not in model.vllm_args
+
+
 def test_cross_field_checks_name_the_env_vars():
-    assert problems_of({"ENABLE_AUTO_TOOL_CHOICE": "1"}) == [
-        "ENABLE_AUTO_TOOL_CHOICE requires TOOL_CALL_PARSER"
+    assert problems_of({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}) == [
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING is on but ENABLE_LORA is off: set ENABLE_LORA=1"
     ]
     assert problems_of({"LORA_MODULES": '[{"name": "a", "path": "/a"}]'}) == [
         "LORA_MODULES is set but ENABLE_LORA is off: set ENABLE_LORA=1"

@@ -1,4 +1,4 @@
-"""The copy of vLLM's Prometheus metrics into Ray's (serve_app/engine_metrics.py), on a
+"""The copy of vLLM's Prometheus metrics into Ray's (serve_app/engine/metrics.py), on a
 registry of its own; Ray's metric classes are replaced by recorders (no Ray needed). The
 copy reaching a real node's metrics endpoint is tested in tests/test_openai_api.py."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import prometheus_client
 import pytest
 
-from serve_app.engine_metrics import RayMetricsExport
+from serve_app.engine.metrics import RayMetricsExport
 
 
 class Recorded:

@@ -42,7 +42,7 @@ def test_batch_sizes_per_request_overrides_win():
         ({"prompt": "x", "sampling_params": {"max_tokens": "many"}}, "sampling_params.max_tokens"),
         ({"prompt": "x", "sampling_params": {"n": 2, "best_of": 4}}, "best_of is not supported"),
         ({"openai_route": "/v1/chat/completions"}, "needs openai_input"),
-        ({"openai_route": "/v1/embeddings", "openai_input": {}}, "input.openai_route"),
+        ({"openai_route": "/v1/files", "openai_input": {}}, "input.openai_route"),
     ],
 )
 def test_bad_inputs_name_the_problem(job, message):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve_app import openai_errors
+from serve_app import api_errors as openai_errors
 from serve_app.openai_conformance import conform
 from tests.contracts import errors, validate
 

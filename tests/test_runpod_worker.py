@@ -80,7 +80,7 @@ def test_worker_runs_a_prompt_job(worker):
     (item,) = result["output"]
     assert item["usage"]["output"] == 6
     assert len(item["choices"]) == 1 and len(item["choices"][0]["tokens"]) == 1
-    # as `vllm serve` does once its engine is up (serve_app/engine.py freeze_startup_heap)
+    # as `vllm serve` does once its engine is up (vllm_engine.freeze_startup_heap)
     assert "start-up objects frozen out of garbage collection" in worker.log.read_text()
 
 
@@ -92,6 +92,17 @@ def test_worker_streams_growing_batches(worker):
     )  # fmt: skip
     sizes = [sum(len(c["tokens"]) for c in item["choices"]) for item in result["output"]]
     assert sizes == [1, 3, 9, 27, 10]
+
+
+def test_worker_wraps_every_openai_route_of_the_model(worker):
+    """`openai_route` takes any OpenAI-shaped route the model serves, here the Responses API
+    and tokenization-free /v1/models, through the same model API as the Ray Serve app."""
+    responses = {"input": "Hi", "max_output_tokens": 3}
+    result = runsync(worker, {"openai_route": "/v1/responses", "openai_input": responses})
+    (response,) = result["output"]
+    assert response["object"] == "response" and response["usage"]["output_tokens"] == 3
+    (listing,) = runsync(worker, {"openai_route": "/v1/models"})["output"]
+    assert listing["data"][0]["object"] == "model"
 
 
 def test_worker_reports_bad_input(worker):

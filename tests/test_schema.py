@@ -7,9 +7,9 @@ import argparse
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import vllm_args
 from serve_app.config.schema import EnvVar, load_schema
 from serve_app.docs import check_readme
+from serve_app.engine import args as vllm_args
 
 # Every variable of worker-vllm's README tables ("Environment Variables"): an existing
 # worker-vllm endpoint config must keep working.

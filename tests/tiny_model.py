@@ -30,8 +30,14 @@ _CORPUS = [
 ] * 20
 
 
-def build_tiny_model(path: Path, *, num_heads: int = 2, num_kv_heads: int = 1) -> Path:
-    """Write a tiny Llama (head_dim 64, CPU-attention compatible) with a BPE tokenizer."""
+def build_tiny_model(
+    path: Path, *, num_heads: int = 2, num_kv_heads: int = 1, embedding: bool = False
+) -> Path:
+    """Write a tiny Llama (head_dim 64, CPU-attention compatible) with a BPE tokenizer.
+
+    `embedding`: a Sentence Transformers embedding model, which vLLM serves with its pooling
+    runner (chosen from the model's files), with Matryoshka dimensions declared so that
+    `dimensions` may shorten its vectors."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -91,11 +97,33 @@ def build_tiny_model(path: Path, *, num_heads: int = 2, num_kv_heads: int = 1) -
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)
+    if embedding:
+        _as_sentence_transformer(path, config.hidden_size)
     # vLLM reads the generation config; keep it minimal and deterministic.
     (path / "generation_config.json").write_text(
         json.dumps({"bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id})
     )
     return path
+
+
+def _as_sentence_transformer(path: Path, dimension: int) -> None:
+    """Sentence Transformers' files (last-token pooling, normalized), from which vLLM chooses its
+    pooling runner, as for real embedding models built on a causal LM (e5-mistral, gte-Qwen);
+    with Matryoshka dimensions declared."""
+    modules = [
+        {"idx": i, "name": str(i), "path": where, "type": f"sentence_transformers.models.{kind}"}
+        for i, (where, kind) in enumerate(
+            [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
+        )
+    ]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": dimension, "pooling_mode_lasttoken": True})
+    )
+    (path / "2_Normalize").mkdir(exist_ok=True)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "is_matryoshka": True}, indent=2))
 
 
 def build_lora_adapter(model_path: Path, path: Path, *, rank: int = 8) -> Path:

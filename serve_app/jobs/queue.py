@@ -32,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ..config.plan import JobQueueOptions, UnknownModelError
 from ..logs import get_logger
+from ..lora_sync import AdapterRegistry
 from ..replicas import replica_counts
 from .inputs import parse_job_input
 from .translate import JobFailed, JobStarted, ReplicaBusy
@@ -124,7 +125,7 @@ class JobQueue:
         job = self._jobs[job_id] = Job(job_id, job_input, execution_timeout_s, ttl_s)
         try:
             parsed = parse_job_input(job_input)
-            deployment = self._options.models.deployment_for(parsed.model_name)
+            deployment = await self._deployment_for(parsed.model_name)
         except UnknownModelError as exc:
             # as the OpenAI routes answer it; an OpenAI-wrapped job also gets the error body
             job.finish(FAILED, str(exc), exc.openai_error() if parsed.openai_route else None)
@@ -135,6 +136,23 @@ class JobQueue:
             return {"id": job_id, "status": job.status}
         job.task = asyncio.create_task(self._run(job, deployment), name=f"job-{job_id}")
         return {"id": job_id, "status": job.status}
+
+    async def _deployment_for(self, model: str | None) -> str:
+        """The deployment serving `model`: a served name or a start-up LoRA adapter (the plan),
+        or a LoRA adapter loaded at run time (lora_sync.py); UnknownModelError otherwise."""
+        try:
+            return self._options.models.deployment_for(model)
+        except UnknownModelError:
+            if not isinstance(model, str):
+                raise
+            app = serve.get_replica_context().app_name
+            try:
+                adapters = await asyncio.to_thread(AdapterRegistry.by_deployment, app)
+            except Exception:
+                adapters = {}
+            if model in adapters:
+                return adapters[model]
+            raise
 
     async def status(self, job_id: str) -> dict[str, Any] | None:
         job = self._jobs.get(job_id)

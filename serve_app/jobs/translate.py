@@ -143,17 +143,21 @@ async def openai_stream_items(
     chunks: AsyncIterator[str], sizes: Iterator[int], *, raw: bool
 ) -> AsyncIterator[str | list[dict[str, Any]]]:
     """Batches of vLLM's SSE events of an OpenAI-wrapped job, as worker-vllm streams them:
-    raw SSE text (each batch one string) or the parsed chunk objects (each batch a list)."""
+    raw SSE text (each batch one string) or the parsed `data` objects (each batch a list).
+    Events may carry an `event:` line (the Responses API's do): raw batches keep it."""
     size = next(sizes)
     batch: list[Any] = []
     async for chunk in chunks:
         for event in chunk.split("\n\n"):
-            if not event.startswith("data: "):
+            data = next(
+                (line[6:] for line in event.splitlines() if line.startswith("data: ")), None
+            )
+            if data is None:
                 continue
             if raw:
                 batch.append(event + "\n\n")
-            elif event != "data: [DONE]":
-                batch.append(json.loads(event.removeprefix("data: ")))
+            elif data != "[DONE]":
+                batch.append(json.loads(data))
             else:
                 continue
             if len(batch) >= size:

@@ -9,6 +9,8 @@ development machine that took the agent 35-48 ms of CPU per 1,000 streamed token
 replica some 15-60 ms more than this way, where the agent takes 10-11 (docs/benchmarks,
 step 24).
 
+Part of the engine adapter: the only module that knows vLLM's stat loggers.
+
 So vLLM records into prometheus_client in the replica, exactly as `vllm serve` does
 (`RayExportedStatLogger` is vLLM's own `PrometheusStatLogger`), and every
 VLLM_LOG_STATS_INTERVAL seconds, when vLLM's periodic stats log runs, `RayMetricsExport`
@@ -24,12 +26,12 @@ interval.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import prometheus_client
 from vllm.v1.metrics.loggers import PrometheusStatLogger
-from vllm.v1.metrics.ray_wrappers import RayPrometheusMetric
 
 # (kind: "counter" or "gauge", name, description, tag keys) -> a Ray metric
 MetricFactory = Callable[[str, str, str, tuple[str, ...]], Any]
@@ -42,8 +44,10 @@ def ray_metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...]
     return cls(name=name, description=description, tag_keys=tag_keys)
 
 
-# The name Ray accepts for a Prometheus name (`vllm:x` -> `vllm_x`), as vLLM's Ray logger makes it.
-ray_name = RayPrometheusMetric._get_sanitized_opentelemetry_name
+def ray_name(name: str) -> str:
+    """The name Ray accepts for a Prometheus name (`vllm:x` -> `vllm_x`): Ray's rule for metric
+    names (letters, digits, `_`), the one vLLM's own Ray logger applies."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
 class RayMetricsExport:
@@ -105,9 +109,9 @@ class RayExportedStatLogger(PrometheusStatLogger):
 
     def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
         super().__init__(vllm_config, engine_indexes)
-        from .engine import replica_id
+        from ray import serve
 
-        self.export = RayMetricsExport(replica_id())
+        self.export = RayMetricsExport(serve.get_replica_context().replica_id.unique_id)
 
     def log(self) -> None:
         super().log()

