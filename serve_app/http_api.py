@@ -60,7 +60,8 @@ def runpod_error(status: int, message: str) -> JSONResponse:
 
 class ApiKeyMiddleware:
     """With API_KEY set, every route but GET /health needs the key: `Authorization: Bearer
-    <key>` (OpenAI's and RunPod's SDKs) or `x-api-key: <key>` (Anthropic's).
+    <key>` (OpenAI's and RunPod's SDKs) or `x-api-key: <key>` (Anthropic's). A browser's CORS
+    preflight (which carries no credentials by design) is answered by vLLM's CORS settings.
 
     Pure ASGI (no body wrapping on the token path); compares SHA-256 digests in constant time.
     """
@@ -74,10 +75,14 @@ class ApiKeyMiddleware:
         return hmac.compare_digest(given, self.expected_sha256)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health":
+        headers = dict(scope.get("headers") or ())
+        if (
+            scope["type"] != "http"
+            or scope["path"] == "/health"
+            or (scope["method"] == "OPTIONS" and b"access-control-request-method" in headers)
+        ):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or ())
         authorization = headers.get(b"authorization", b"")
         scheme, _, key = authorization.partition(b" ")
         bearer = key if scheme.lower() == b"bearer" else authorization

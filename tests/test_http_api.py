@@ -61,6 +61,8 @@ def test_the_key_is_accepted_as_bearer_or_as_anthropics_x_api_key():
     ok = request("POST", "/v1/messages", json=body, headers={"x-api-key": KEY})
     assert ok.status_code == 200
     assert request("GET", "/health").status_code == 200  # no key needed
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    assert request("OPTIONS", "/v1/completions", headers=preflight).status_code != 401
     # a bare key in Authorization (no scheme) counts too, as it always has
     bare = request("POST", "/tokenize", json={"prompt": "a"}, headers={"Authorization": KEY})
     assert bare.status_code == 200

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve_app import api_errors as openai_errors
+from serve_app import api_errors
 from serve_app.openai_conformance import conform
 from tests.contracts import errors, validate
 
@@ -56,7 +56,7 @@ def test_raw_vllm_response_violates_the_schema_and_the_conformed_one_does_not():
 
 
 def test_errors_have_string_codes_and_openai_types():
-    status, error = openai_errors.normalize_error(
+    status, error = api_errors.normalize_error(
         {
             "error": {
                 "message": "The model `x` does not exist.",
@@ -70,7 +70,7 @@ def test_errors_have_string_codes_and_openai_types():
     validate("ErrorResponse", error)
     assert error["error"]["code"] == "model_not_found"
     assert error["error"]["type"] == "invalid_request_error"
-    status, error = openai_errors.normalize_error(
+    status, error = api_errors.normalize_error(
         {
             "error": {
                 "message": "This model's maximum context length is 2048 tokens.",
