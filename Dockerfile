@@ -7,7 +7,7 @@
 #       --build-arg MODEL_NAME=meta-llama/Llama-3.1-8B-Instruct -t you/ray-vllm-worker:llama .
 #
 # Runs `serve run serve_config.yaml` by default; RUN_MODE selects a Ray head or worker node
-# or the classic RunPod serverless worker (see serve_app/container.py and docs/deploy.md).
+# or the classic RunPod serverless worker (see serve_app/tooling/container.py and docs/deploy.md).
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 FROM ${VLLM_IMAGE}
 
@@ -42,7 +42,7 @@ RUN --mount=type=secret,id=HF_TOKEN,required=false \
       HF_TOKEN="$(cat /run/secrets/HF_TOKEN 2>/dev/null || true)" \
       MODEL_NAME="${MODEL_NAME}" MODEL_REVISION="${MODEL_REVISION}" \
       TOKENIZER_NAME="${TOKENIZER_NAME}" TOKENIZER_REVISION="${TOKENIZER_REVISION}" \
-      python3 -m serve_app.bake /models/baked; \
+      python3 -m serve_app.tooling.bake /models/baked; \
     fi
 
 # The baked model (if any) is the default model; everything else stays configurable at run time.
@@ -55,4 +55,4 @@ ENV MODEL_NAME=${MODEL_NAME} \
 
 # 8000: the OpenAI/RunPod HTTP endpoint. Ray's ports are opened per cluster (cluster/README.md).
 EXPOSE 8000
-ENTRYPOINT ["python3", "-m", "serve_app.container"]
+ENTRYPOINT ["python3", "-m", "serve_app.tooling.container"]

@@ -8,7 +8,7 @@ EXTRAS ?= cpu,test
 CONFIG ?= serve_config.yaml
 comma := ,
 
-.PHONY: setup serve test lint plan docs bench clean-venv
+.PHONY: setup serve test test-fast lint plan docs bench clean-venv
 
 setup: $(STAMP)
 
@@ -33,12 +33,19 @@ $(STAMP): pyproject.toml Makefile
 serve: setup
 	$(PY) -m serve_app serve $(CONFIG)
 
+# Both tiers: the fast one (tests/<layer>/: no Ray, no engine) first, then the end-to-end one
+# (tests/e2e/: the real app on Ray and the real engine on CPU, real clients).
 test: setup lint
 	$(PY) -m pytest
+
+# The fast tier alone, in about a minute.
+test-fast: setup
+	$(PY) -m pytest -m "not e2e"
 
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/shellcheck -x cluster/*.sh .ci/run
 	$(VENV)/bin/hadolint Dockerfile
 

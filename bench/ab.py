@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import report, run  # noqa: E402
-from serve_app import priority  # noqa: E402
+from serve_app.host import priority  # noqa: E402
 
 ROLES = ("server", "engine", "worker", "haproxy", "background")
 

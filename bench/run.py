@@ -195,7 +195,7 @@ def engine_for(workload: Workload) -> Engine:
     """The engine arguments of the plan, the model as a local path (`engine_options`). The
     tool-call parser a replica chooses runs only on requests with tools, so without one the
     other servers do what a replica does on the benchmark's chat requests."""
-    model = build_plan(app_env(workload)).models[0]
+    model = build_plan(app_env(workload), engine_args=vllm_args).models[0]
     options = vllm_engine.engine_options(model.model_copy(update={"choose_tool_parser": False}))
     return Engine(options, dict(model.env_vars))
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from .config.errors import ConfigError
-from .config.ray_env import apply_ray_env, serve_config_for, shell_exports
+from serve_app.config.errors import ConfigError
+from serve_app.config.ray_env import apply_ray_env, serve_config_for, shell_exports
 
 DEFAULT_CONFIG = "serve_config.yaml"
 IMPORT_PATH_PREFIX = "serve_app.app:"
@@ -50,13 +50,16 @@ def app_args(config_path: str | None) -> list[tuple[str, dict[str, Any]]]:
     return apps
 
 
-def plans(config_path: str | None) -> list[tuple[str, Any]]:
-    from .config.plan import build_plan
+def plans(config_path: str | None, platform: str | None = None) -> list[tuple[str, Any]]:
+    """The plan of each application of the config, for `platform` (default: this machine's)."""
+    from serve_app.config.plan import build_plan
+    from serve_app.engine import args as vllm_args
 
     result, problems = [], []
     for name, args in app_args(config_path):
         try:
-            result.append((name, build_plan(os.environ, args)))
+            plan = build_plan(os.environ, args, engine_args=vllm_args, platform=platform)
+            result.append((name, plan))
         except ConfigError as exc:
             problems += [f"{name}: {p}" if name != "default" else p for p in exc.problems]
     if problems:
@@ -65,13 +68,29 @@ def plans(config_path: str | None) -> list[tuple[str, Any]]:
 
 
 def cmd_plan(ns: argparse.Namespace) -> int:
-    output = {name: plan.model_dump(mode="json") for name, plan in plans(ns.config)}
+    output = {}
+    for name, plan in plans(ns.config, ns.platform):
+        output[name] = plan.model_dump(mode="json")
+        if ns.gpus_per_node:
+            for model, shown in zip(plan.models, output[name]["models"], strict=True):
+                shown["placement_check"] = placement_check(model, ns.gpus_per_node)
     print(json.dumps({"applications": output}, indent=2))
     return 0
 
 
+def placement_check(model: Any, gpus_per_node: int) -> dict[str, Any]:
+    """Whether one replica of `model` can be placed on a cluster of nodes with `gpus_per_node`
+    GPUs each (as many as the replica's workers, CPUs to spare), and why not."""
+    from serve_app.config.placement import unplaceable
+
+    placement = model.serve.placement
+    nodes = [{"CPU": 1024.0, "GPU": float(gpus_per_node)}] * max(1, placement.world_size)
+    reason = unplaceable(placement, nodes)
+    return {"gpus_per_node": gpus_per_node, "fits": reason is None, "problem": reason}
+
+
 def cmd_fetch(ns: argparse.Namespace) -> int:
-    from .model_files import ModelUnavailableError, resolve_model
+    from serve_app.engine.model_files import ModelUnavailableError, resolve_model
 
     for _, plan in plans(ns.config):
         for model in plan.models:
@@ -168,7 +187,7 @@ def cmd_ray_env(ns: argparse.Namespace) -> int:
 
 
 def cmd_docs(ns: argparse.Namespace) -> int:
-    from .docs import check_readme, render_reference, write_readme
+    from serve_app.tooling.docs import check_readme, render_reference, write_readme
 
     if ns.write:
         changed = write_readme()
@@ -181,7 +200,7 @@ def cmd_docs(ns: argparse.Namespace) -> int:
 
 
 def cmd_runpod_config(ns: argparse.Namespace) -> int:
-    from . import runpod_config
+    from serve_app.tooling import runpod_config
 
     if ns.write:
         for path in runpod_config.write():
@@ -203,6 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="Ray Serve config file")
+        if name == "plan":
+            p.add_argument(
+                "--platform",
+                choices=["cpu", "gpu"],
+                help="plan for this platform (default: that of the installed vLLM build)",
+            )
+            p.add_argument(
+                "--gpus-per-node",
+                type=int,
+                metavar="N",
+                help="also check that one replica fits nodes of N GPUs",
+            )
         if name == "serve":
             p.add_argument("serve_args", nargs=argparse.REMAINDER, help="passed to `serve run`")
         p.set_defaults(func=func)

@@ -13,13 +13,14 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from .config.errors import ConfigError
-from .config.plan import AppPlan, ModelDeployment, build_plan
-from .ingress import Ingress
-from .jobs.queue import JobQueue
-from .llm_server import LLMIngressServer, LLMServer
-from .logs import get_logger
-from .placement import unplaceable
+from serve_app.config.errors import ConfigError
+from serve_app.config.placement import unplaceable
+from serve_app.config.plan import AppPlan, ModelDeployment, build_plan
+from serve_app.deployments.ingress import Ingress
+from serve_app.deployments.job_queue import JobQueue
+from serve_app.deployments.llm_server import LLMIngressServer, LLMServer
+from serve_app.engine import args as vllm_args
+from serve_app.logs import get_logger
 
 logger = get_logger(__name__)
 
@@ -100,4 +101,4 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
     Raises ConfigError, listing every bad variable, before any model loads.
     """
-    return build_from_plan(build_plan(os.environ, args))
+    return build_from_plan(build_plan(os.environ, args, engine_args=vllm_args))

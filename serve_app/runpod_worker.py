@@ -5,7 +5,7 @@
         --rp_api_host 127.0.0.1 --rp_api_port 8000         # runpod's local test API
 
 Jobs take the same path as in the Ray Serve application (jobs/runner.py through the model's
-API, model_api.py): worker-vllm's inputs and outputs, `openai_route` for every OpenAI-shaped
+API, http/model_api.py): worker-vllm's inputs and outputs, `openai_route` for every OpenAI-shaped
 route the model serves, streamed with `return_aggregate_stream`, and at most MAX_CONCURRENCY
 jobs at once (runpod's `concurrency_modifier`).
 """
@@ -18,16 +18,17 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import engine_reaper
-from .admission import GenerationSlots
-from .config.errors import ConfigError
-from .config.plan import ModelDeployment, build_plan
-from .engine import vllm_engine
-from .engine.protocol import Engine
-from .jobs.runner import JobRunner
-from .jobs.translate import JobFailed, JobStarted, ReplicaBusy
-from .logs import get_logger
-from .model_api import ModelApi
+from serve_app.config.errors import ConfigError
+from serve_app.config.plan import ModelDeployment, build_plan
+from serve_app.deployments import engine_reaper
+from serve_app.engine import args as vllm_args
+from serve_app.engine import vllm_engine
+from serve_app.engine.protocol import Engine
+from serve_app.http.admission import GenerationSlots
+from serve_app.http.model_api import ModelApi
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.translate import JobFailed, JobStarted, ReplicaBusy
+from serve_app.logs import get_logger
 
 logger = get_logger(__name__)
 
@@ -74,7 +75,7 @@ class Worker:
 
 def main() -> None:
     try:
-        plan = build_plan(os.environ)
+        plan = build_plan(os.environ, engine_args=vllm_args)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         sys.exit(2)

@@ -8,7 +8,7 @@ from typing import Any
 
 import jsonschema
 
-from serve_app.openai_conformance import schemas
+from serve_app.http.conformance import schemas
 
 
 def _nullable_to_json_schema(node: Any) -> Any:

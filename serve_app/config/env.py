@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationError, create_model
 
-from .errors import ConfigError
-from .schema import EnvSchema, EnvVar, load_schema
+from serve_app.config.errors import ConfigError
+from serve_app.config.schema import EnvSchema, EnvVar, load_schema
 
 logger = logging.getLogger(__name__)
 

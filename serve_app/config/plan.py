@@ -15,16 +15,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, computed_field
 
-from ..admission import CONTROL_HEADROOM
-from ..engine import args as vllm_args
-from ..placement import Platform, ReplicaPlacement, plan_replica
-from .env import EnvValues, read_env
-from .errors import ConfigError
-from .schema import EnvSchema, load_schema
+from serve_app.config.env import EnvValues, read_env
+from serve_app.config.errors import ConfigError
+from serve_app.config.placement import Platform, ReplicaPlacement, plan_replica
+from serve_app.config.schema import EnvSchema, load_schema
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +32,10 @@ CPU_KV_CACHE_BYTES = 1 << 30  # vLLM otherwise reserves a share of the whole nod
 
 # Settings of the schema that vLLM reads from the replica's environment.
 VLLM_ENV_SETTINGS = ("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "VLLM_ENABLE_RESPONSES_API_STORE")
+
+# Serve's max_ongoing_requests of an LLM replica is MAX_CONCURRENCY + MAX_QUEUED_REQUESTS + this:
+# room for the short requests (health, models, tokenize, job status) beside full generations.
+CONTROL_HEADROOM = 32
 
 # Keys of serve_config.yaml `args` that are not environment variables.
 MODELS_KEY = "models"
@@ -62,10 +64,35 @@ class Autoscaling(BaseModel):
         }
 
 
+class HostTuning(BaseModel):
+    """How a replica uses its machine (serve_app/host/), each setting resolved for the platform:
+    on where it was measured to help (vLLM's CPU backend), off elsewhere unless set."""
+
+    replica_niceness: int = 0  # the LLM replica's process, as vLLM runs its API server
+    engine_niceness: int | None = None  # the engine core's processes; None: left as started
+    pin_serving_to_reserved_cpus: bool = False  # off the CPUs of vLLM's CPU workers
+    coalesce_http_writes: bool = False  # an ingress replica's writes of one tick together
+
+
+def host_tuning(values: EnvValues, platform: Platform) -> HostTuning:
+    """The host tuning settings, their platform defaults applied where unset."""
+    cpu = platform == "cpu"
+
+    def either(name: str, on_cpu: Any, elsewhere: Any) -> Any:
+        return values[name] if values.is_set(name) else (on_cpu if cpu else elsewhere)
+
+    return HostTuning(
+        replica_niceness=values["LLM_REPLICA_NICENESS"],
+        engine_niceness=either("LLM_ENGINE_NICENESS", 15, None),
+        pin_serving_to_reserved_cpus=either("PIN_SERVING_TO_RESERVED_CPUS", True, False),
+        coalesce_http_writes=either("COALESCE_HTTP_WRITES", True, False),
+    )
+
+
 class ServeOptions(BaseModel):
     """Ray Serve options of an LLM deployment."""
 
-    max_concurrency: int  # generations a replica runs at once (serve_app/admission.py)
+    max_concurrency: int  # generations a replica runs at once (serve_app/http/admission.py)
     max_queued_requests: int  # generations that may wait for one of those slots
     autoscaling: Autoscaling
     health_check_period_s: float = 10.0
@@ -73,13 +100,7 @@ class ServeOptions(BaseModel):
     graceful_shutdown_timeout_s: float = 30.0
     placement: ReplicaPlacement
     check_placement: bool = True
-    # Of the replica's process and its engine's, once the engine runs (serve_app/priority.py).
-    niceness: int = 0
-    engine_niceness: int = 15
-    background_niceness: int = 0  # Ray's processes off the token path on the replica's node
-    # On vLLM's CPU backend: this replica and its engine core off its workers' CPUs
-    # (serve_app/worker_cpus.py).
-    pin_serving_to_reserved_cpus: bool = True
+    host: HostTuning
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -135,7 +156,7 @@ class ModelDeployment(BaseModel):
     env_vars: dict[str, str]
     jobs: JobOutputOptions
     notes: list[str]
-    # /v1/load_lora_adapter and /v1/unload_lora_adapter, on every replica (lora_sync.py)
+    # /v1/load_lora_adapter and /v1/unload_lora_adapter, on every replica (deployments/lora_sync.py)
     runtime_lora_updating: bool = False
     # Tool calls on, no TOOL_CALL_PARSER: the replica picks one from the chat template
     # (engine/tool_parsers.py) and turns vLLM's auto tool choice on with it.
@@ -145,6 +166,22 @@ class ModelDeployment(BaseModel):
     def model_names(self) -> list[str]:
         """Every `model` value this deployment answers to."""
         return [*self.served_model_names, *self.lora_names]
+
+
+class EngineArguments(Protocol):
+    """What the plan asks of the engine's own argument parser: vLLM's `vllm serve` parser, in
+    the engine adapter (`serve_app.engine.args`), given to `build_plan` by its callers so that
+    configuration imports no engine."""
+
+    def detect_platform(self) -> Platform: ...
+    def engine_arg_names(self) -> frozenset[str]: ...
+    def parser_default(self, dest: str) -> Any: ...
+    def choices_for(self, source: str) -> list[str]: ...
+    def to_argv(self, options: Mapping[str, Any]) -> list[str]: ...
+    def check_argv(self, argv: list[str]) -> list[str]: ...
+    def read_passthrough(
+        self, environ: Mapping[str, str], overrides: Mapping[str, Any], claimed: set[str]
+    ) -> tuple[dict[str, Any], list[str]]: ...
 
 
 class UnknownModelError(ValueError):
@@ -157,12 +194,6 @@ class UnknownModelError(ValueError):
     def openai_fields(self) -> dict[str, Any]:
         """`param` and `code` of OpenAI's error body for it (404: `model_not_found`)."""
         return {"param": "model", "code": "model_not_found" if self.status == 404 else None}
-
-    def openai_error(self) -> dict[str, Any]:
-        """OpenAI's error body for it."""
-        from ..api_errors import error_dict
-
-        return error_dict(self.status, str(self), **self.openai_fields())
 
 
 class ModelRoutes(BaseModel):
@@ -206,7 +237,7 @@ class IngressOptions(BaseModel):
     endpoint_id: str | None
     max_request_bytes: int
     log_job_polls: bool = False
-    coalesce_http_writes: bool = True  # serve_app/write_coalescing.py
+    host: HostTuning = HostTuning()  # for the router ingress: its HTTP writes
     # SHA-256 of API_KEY: the key itself is never stored in Serve's config; not in plan output.
     api_key_sha256: str | None = Field(default=None, exclude=True, repr=False)
 
@@ -219,9 +250,6 @@ class AppPlan(BaseModel):
     ingress: IngressOptions
     jobs: JobQueueOptions
     models: list[ModelDeployment]
-
-
-detect_platform = vllm_args.detect_platform
 
 
 def resolve_storage(values: EnvValues) -> Storage:
@@ -241,7 +269,11 @@ def _slug(name: str) -> str:
 
 
 def _vllm_options(
-    values: EnvValues, schema: EnvSchema, platform: Platform, notes: list[str]
+    values: EnvValues,
+    schema: EnvSchema,
+    platform: Platform,
+    notes: list[str],
+    vllm_args: EngineArguments,
 ) -> tuple[dict[str, Any], list[str]]:
     """vLLM serve arguments {dest: value} from the schema's variables; and problems."""
     problems: list[str] = []
@@ -392,6 +424,7 @@ def build_model_deployment(
     platform: Platform,
     schema: EnvSchema,
     deployment_name: str,
+    vllm_args: EngineArguments,
 ) -> ModelDeployment:
     passthrough, problems = vllm_args.read_passthrough(environ, overrides, _claimed_dests(schema))
     try:
@@ -400,7 +433,7 @@ def build_model_deployment(
         raise ConfigError(exc.problems + problems) from None
     notes = [f"{name} ignored: {reason}" for name, reason in values.ignored(schema)]
 
-    options, option_problems = _vllm_options(values, schema, platform, notes)
+    options, option_problems = _vllm_options(values, schema, platform, notes, vllm_args)
     problems += option_problems
     options = _fold_dotted({**options, **passthrough})
     choose_tool_parser = False
@@ -431,10 +464,7 @@ def build_model_deployment(
 
     argv = vllm_args.to_argv(options)
     if not problems:
-        try:
-            problems += vllm_args.check_namespace(vllm_args.parse_argv(argv))
-        except ValueError as exc:
-            problems.append(str(exc))
+        problems += vllm_args.check_argv(argv)
         problems = [_flags_to_env_names(p, schema) for p in problems]
     if problems:
         raise ConfigError(problems)
@@ -465,10 +495,7 @@ def build_model_deployment(
             autoscaling=autoscaling,
             placement=placement,
             check_placement=not values["SKIP_PLACEMENT_CHECK"],
-            niceness=values["LLM_REPLICA_NICENESS"],
-            engine_niceness=values["LLM_ENGINE_NICENESS"],
-            background_niceness=values["BACKGROUND_NICENESS"],
-            pin_serving_to_reserved_cpus=values["PIN_SERVING_TO_RESERVED_CPUS"],
+            host=host_tuning(values, platform),
         ),
         env_vars=env_vars,
         jobs=JobOutputOptions(
@@ -489,13 +516,17 @@ def build_plan(
     environ: Mapping[str, str] | None = None,
     args: Mapping[str, Any] | None = None,
     *,
+    engine_args: EngineArguments,
     platform: Platform | None = None,
 ) -> AppPlan:
-    """Validate the configuration and decide every deployment. Raises ConfigError."""
+    """Validate the configuration and decide every deployment. Raises ConfigError.
+
+    `engine_args`: vLLM's argument parser (`serve_app.engine.args`); `platform`: the one to
+    plan for, by default that of the installed vLLM build."""
     environ = os.environ if environ is None else environ
     args = dict(args or {})
     schema = load_schema()
-    platform = platform or detect_platform()
+    platform = platform or engine_args.detect_platform()
 
     model_overrides = args.pop(MODELS_KEY, None) or [{}]
     problems: list[str] = []
@@ -503,9 +534,10 @@ def build_plan(
         isinstance(m, dict) for m in model_overrides
     ):
         raise ConfigError([f"args.{MODELS_KEY}: expected a list of mappings of settings"])
-    problems += _check_args_keys(args, schema)
+    engine_names = engine_args.engine_arg_names()
+    problems += _check_args_keys(args, schema, engine_names)
     for index, extra in enumerate(model_overrides):
-        problems += _check_args_keys(extra, schema, where=f"{MODELS_KEY}[{index}]")
+        problems += _check_args_keys(extra, schema, engine_names, where=f"{MODELS_KEY}[{index}]")
 
     models: list[ModelDeployment] = []
     for index, extra in enumerate(model_overrides):
@@ -521,6 +553,7 @@ def build_plan(
                     platform=platform,
                     schema=schema,
                     deployment_name=name,
+                    vllm_args=engine_args,
                 )
             )
         except ConfigError as exc:
@@ -552,7 +585,7 @@ def build_plan(
             endpoint_id=common["RUNPOD_ENDPOINT_ID"],
             max_request_bytes=common["MAX_REQUEST_BYTES"],
             log_job_polls=common["LOG_JOB_POLLS"],
-            coalesce_http_writes=common["COALESCE_HTTP_WRITES"],
+            host=host_tuning(common, platform),
             api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
         ),
         jobs=JobQueueOptions(models=model_routes, retention_s=common["JOB_RETENTION_S"]),
@@ -560,10 +593,11 @@ def build_plan(
     )
 
 
-def _check_args_keys(args: Mapping[str, Any], schema: EnvSchema, where: str = "args") -> list[str]:
+def _check_args_keys(
+    args: Mapping[str, Any], schema: EnvSchema, engine_names: frozenset[str], where: str = "args"
+) -> list[str]:
     """Keys of serve_config.yaml args must be settings; secrets belong in the environment."""
     problems = []
-    engine_names = vllm_args.engine_arg_names()
     for key in args:
         if key == MODELS_KEY and where == "args":
             continue

@@ -14,8 +14,8 @@ import shlex
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from .env import read_env
-from .schema import load_schema
+from serve_app.config.env import read_env
+from serve_app.config.schema import load_schema
 
 
 def _text(value: object) -> str:

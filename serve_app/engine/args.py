@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from . import compat
+from serve_app.engine import compat
 
 # Fields of AsyncEngineArgs that are never read from same-named env vars: they are set by
 # this application, or their names collide with variables that launchers and clusters set for
@@ -252,6 +252,14 @@ def _argparse_message(stderr: str) -> str:
         line.strip() for line in lines[start + 1 :] if "errors.pydantic.dev" not in line
     ]
     return " ".join(part for part in kept if part)
+
+
+def check_argv(argv: list[str]) -> list[str]:
+    """Problems vLLM finds with a `vllm serve` command line before any model loads."""
+    try:
+        return check_namespace(parse_argv(argv))
+    except ValueError as exc:
+        return [str(exc)]
 
 
 def check_namespace(args: argparse.Namespace) -> list[str]:

@@ -9,7 +9,7 @@ log and export every VLLM_LOG_STATS_INTERVAL seconds, as `vllm serve`'s lifespan
 
 Two of vLLM's exception handlers are replaced: request validation and HTTP errors (404, 405,
 413) answer with messages that name the field or route, in OpenAI's shape, as the rest of this
-application does (model_api.py gives every error its protocol's shape).
+application does (http/model_api.py gives every error its protocol's shape).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..api_errors import error_dict
-from ..config.plan import ModelDeployment
-from ..logs import get_logger
-from ..model_files import resolve_model
-from ..placement import cpu_thread_binding
-from . import args as vllm_args
-from . import compat, tool_parsers
+from serve_app.config.placement import cpu_thread_binding
+from serve_app.config.plan import ModelDeployment
+from serve_app.engine import args as vllm_args
+from serve_app.engine import compat, tool_parsers
+from serve_app.engine.model_files import resolve_model
+from serve_app.http.errors import error_dict
+from serve_app.logs import get_logger
 
 logger = get_logger(__name__)
 
@@ -40,7 +40,7 @@ def _metrics_loggers(disabled: bool) -> list[Any] | None:
 
     if disabled or not ray.is_initialized():
         return None  # the serverless worker keeps vLLM's default loggers
-    from .metrics import RayExportedStatLogger
+    from serve_app.engine.metrics import RayExportedStatLogger
 
     return [RayExportedStatLogger]
 

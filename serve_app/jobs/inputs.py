@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..model_api import JOB_ROUTES
+from serve_app.http.model_api import JOB_ROUTES
 
 # Every OpenAI-shaped route of the model's API a job may wrap (those the model serves answer;
 # e.g. /v1/embeddings only for a pooling model).

@@ -3,8 +3,8 @@
 A job takes a generation slot first (without `wait`, a replica with none free answers
 ReplicaBusy and the job queue offers the job again); then its OpenAI request, built from
 worker-vllm's input (translate.py) or given whole (`openai_route` + `openai_input`), runs
-through the replica's model API in this process (model_api.py, asgi.py), exactly as the same
-request over HTTP would, and the answer becomes worker-vllm's output items.
+through the replica's model API in this process (http/model_api.py, http/asgi.py), exactly
+as the same request over HTTP would, and the answer becomes worker-vllm's output items.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .. import asgi
-from ..admission import GenerationSlots, Overloaded
-from ..config.plan import JobOutputOptions
-from ..engine.protocol import ASGIApp
-from ..model_api import route_for
-from . import translate
-from .inputs import JobInput, parse_job_input
-from .translate import JobFailed, JobStarted, OpenAIError, ReplicaBusy
+from serve_app.config.plan import JobOutputOptions
+from serve_app.http import asgi
+from serve_app.http.admission import GenerationSlots, Overloaded
+from serve_app.http.asgi import ASGIApp
+from serve_app.http.model_api import route_for
+from serve_app.jobs import translate
+from serve_app.jobs.inputs import JobInput, parse_job_input
+from serve_app.jobs.translate import JobFailed, JobStarted, OpenAIError, ReplicaBusy
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.plan import StreamingBatchSizes
-from .inputs import JobInput
+from serve_app.config.plan import StreamingBatchSizes
+from serve_app.jobs.inputs import JobInput
 
 # worker-vllm's vLLM SamplingParams default: jobs that do not say generate 16 tokens.
 DEFAULT_MAX_TOKENS = 16
@@ -91,22 +91,29 @@ async def stream_items(
 ) -> AsyncIterator[dict[str, Any]]:
     """worker-vllm's batched items (each with all `n` choices) from vLLM's SSE chunks.
 
-    vLLM emits one chunk per generated token and choice; a batch closes when it holds as many
-    tokens as the current batch size. Usage comes from vLLM's continuous usage stats.
+    A batch closes when it holds as many tokens as the current batch size. vLLM sends one
+    chunk per generated token and choice, but none for a token whose text is not whole yet
+    (part of a multi-byte character): its text comes with the next token's. worker-vllm gave
+    such a token an empty string, and so does this, as vLLM's continuous usage stats count the
+    tokens (with one choice; with several, the count is theirs together). Usage comes from
+    those stats too.
     """
     size = next(sizes)
     texts: list[list[str]] = [[] for _ in range(n)]
     in_batch = 0
     sent = False
+    counted = 0  # tokens seen, by the usage stats
     usage = {"input": 0, "output": 0}
     async for event in _events(chunks):
         if "error" in event:
             raise OpenAIError(event["error"])
+        generated = counted
         if event.get("usage"):
             usage = {
                 "input": event["usage"].get("prompt_tokens", 0),
                 "output": event["usage"].get("completion_tokens", 0),
             }
+            generated = usage["output"]
         for choice in event.get("choices") or []:
             if route == "chat":
                 delta = choice.get("delta") or {}
@@ -115,8 +122,16 @@ async def stream_items(
                 text = delta.get("content") or ""
             else:
                 text = choice.get("text") or ""
-            texts[choice["index"]].append(text)
-            in_batch += 1
+            tokens = [text]
+            if n == 1:
+                tokens = [""] * max(0, generated - counted - 1) + tokens
+                counted = max(generated, counted + 1)
+            for token in tokens:
+                texts[choice["index"]].append(token)
+                in_batch += 1
+                if in_batch >= size and n == 1:
+                    yield _item(texts, dict(usage))
+                    texts, in_batch, size, sent = [[]], 0, next(sizes), True
         if in_batch >= size:
             yield _item(texts, dict(usage))
             texts, in_batch, size, sent = [[] for _ in texts], 0, next(sizes), True

@@ -1,0 +1,60 @@
+"""Host tuning: how an ingress or LLM replica uses the machine it runs on, behind one hook.
+
+`tune` is called once by each replica: by an LLM replica once its engine runs, by the router
+ingress as it starts. It sets the scheduling priority of the replica and of its engine's
+processes (priority.py), keeps the replica and its engine core off the CPUs vLLM's CPU backend
+binds its workers to (worker_cpus.py), and coalesces an ingress replica's HTTP writes
+(write_coalescing.py). The plan turns these on where they were measured to help, vLLM's CPU
+backend (config.plan.HostTuning), and leaves them off elsewhere unless a setting asks.
+
+May import: config, logs, and the standard library, psutil and uvicorn (nothing of the serving
+path: this package changes how processes run, not what they answer).
+"""
+
+from __future__ import annotations
+
+import os
+
+from serve_app.config.plan import HostTuning
+from serve_app.host import priority, worker_cpus, write_coalescing
+from serve_app.logs import get_logger
+
+logger = get_logger(__name__)
+
+
+def tune(tuning: HostTuning, *, engine: bool, http: bool, exclude: frozenset[int] = frozenset()):
+    """Apply `tuning` to this replica: to its engine's processes (its descendants but `exclude`)
+    if `engine`, to its HTTP server if `http`. Logs what it did, and warns of what it could not.
+    """
+    results: list[tuple[bool, str]] = []
+    if http and tuning.coalesce_http_writes and write_coalescing.install():
+        results.append((True, "HTTP writes coalesced per event-loop tick (COALESCE_HTTP_WRITES)"))
+    if engine:
+        results += _place_engine(tuning, priority.engine_pids(exclude=set(exclude)))
+    for done, message in results:
+        (logger.info if done else logger.warning)(message)
+
+
+def _place_engine(tuning: HostTuning, engine: list[int]) -> list[tuple[bool, str]]:
+    split = worker_cpus.plan(engine) if tuning.pin_serving_to_reserved_cpus else None
+    workers = split.workers if split else []
+    core = [pid for pid in engine if pid not in workers]
+    results = [priority.set_replica_niceness(tuning.replica_niceness)]
+    if tuning.engine_niceness is not None:
+        results.append(priority.set_engine_niceness(tuning.engine_niceness, core))
+    if split:
+        results.append(
+            priority.set_niceness(
+                tuning.replica_niceness, workers, "LLM_REPLICA_NICENESS", "vLLM's workers"
+            )
+        )
+        worker_cpus.pin([os.getpid(), *core], split.serving)
+        results.append(
+            (
+                True,
+                f"this LLM replica and its engine core on CPUs "
+                f"{worker_cpus.describe(split.serving)}, off vLLM's workers' "
+                "(PIN_SERVING_TO_RESERVED_CPUS)",
+            )
+        )
+    return results

@@ -1,0 +1,74 @@
+"""On vLLM's CPU backend: the serving processes on the CPUs vLLM reserves, off its workers'
+(PIN_SERVING_TO_RESERVED_CPUS).
+
+vLLM's CPU backend binds each worker's OpenMP threads to CPUs of their own
+(VLLM_CPU_OMP_THREADS_BIND, `auto` by default) and reserves the rest
+(VLLM_CPU_NUM_OF_RESERVED_CPU, at least one core) "for the scheduler process" (vllm/utils/
+ompmultiprocessing.py), but nothing keeps the other processes there: the API server (here the
+LLM replica: HTTP, templates, tokenization, streaming) and the engine core land on the workers'
+CPUs too, where every wake-up of theirs interrupts a model step. That is why this project ran
+the workers at LLM_ENGINE_NICENESS (15): at 0 they took the CPU requests are prepared with
+(docs/benchmarks step 14).
+
+With the replica and its engine core kept on the reserved CPUs (every thread; threads started
+later inherit it), the workers have theirs to themselves and run at the replica's priority, as
+vLLM's server runs them: on the 2-core development machine under load, within one start,
+1.10x to 1.17x the output throughput and a median TPOT of 0.81x to 0.93x; across alternated
+starts 1.02x and 0.94x (docs/benchmarks step 25).
+
+Nothing changes where the workers are not bound to a part of the CPUs this process may use:
+on GPUs, with VLLM_CPU_OMP_THREADS_BIND=nobind, or where they are bound to all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import psutil
+
+from serve_app.host.priority import thread_ids
+
+WORKER_TITLE = "VLLM::Worker"  # vLLM's workers name their processes so (setproctitle)
+
+
+def serving_cpus(allowed: set[int], worker_cpus: set[int]) -> set[int] | None:
+    """The CPUs for the serving processes: those of `allowed` the workers are not bound to, or
+    None when the workers are not bound to a part of `allowed` (nothing to keep apart)."""
+    if not worker_cpus or not worker_cpus < allowed:
+        return None
+    return allowed - worker_cpus
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    workers: list[int]  # the engine's worker processes, bound by vLLM
+    serving: set[int]  # the CPUs left for this replica and its engine core
+
+
+def plan(engine_pids: list[int]) -> CpuSplit | None:
+    """Where this replica's engine (its processes `engine_pids`) leaves CPUs to the serving
+    processes, the split; else None. A worker's CPUs are its main thread's, the OpenMP
+    master vLLM binds."""
+    workers, bound = [], set()
+    for pid in engine_pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if " ".join(psutil.Process(pid).cmdline()).startswith(WORKER_TITLE):
+                workers.append(pid)
+                bound |= os.sched_getaffinity(pid)
+    serving = serving_cpus(os.sched_getaffinity(0), bound)
+    return CpuSplit(workers, serving) if workers and serving else None
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of the processes `pids` on `cpus`; a thread or process that ended
+    meanwhile is skipped."""
+    for pid in pids:
+        for tid in thread_ids(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
+
+
+def describe(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))

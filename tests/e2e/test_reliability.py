@@ -1,0 +1,489 @@
+"""Reliability end to end: bad input on every route, a fuzz of the app's own OpenAPI schema,
+overload, a bounded soak, secrets, engine death mid-stream, and graceful shutdown — the real
+app and engine on CPU, driven by real clients.
+
+One app for the module: the tiny model with small capacity (MAX_CONCURRENCY=4,
+MAX_QUEUED_REQUESTS=4) so overload is easy to reach, an API key, a request size limit and a
+(fake) HF_TOKEN in the environment of every Ray process. The destructive tests run last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.contracts import validate
+from tests.e2e.conftest import FAKE_HF_TOKEN
+
+pytestmark = pytest.mark.e2e
+
+API_KEY = "reliability-key-7f3a"
+HF_TOKEN = FAKE_HF_TOKEN  # in the environment of the cluster's processes (tests/e2e/conftest.py)
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MAX_REQUEST_BYTES = 65536
+CONCURRENCY, QUEUED = 4, 4
+MESSAGES = [{"role": "user", "content": "Hello there"}]
+GREEDY = {"temperature": 0, "ignore_eos": True}
+SOAK_S = float(os.environ.get("SOAK_S", "45"))  # SOAK_S=180 for a longer soak
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+
+
+@pytest.fixture(scope="module")
+def app(serve_cluster, tiny_model: Path, tmp_path_factory):
+    env = {
+        "MODEL_NAME": str(tiny_model),
+        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
+        "MAX_CONCURRENCY": str(CONCURRENCY),
+        "MAX_QUEUED_REQUESTS": str(QUEUED),
+        "MAX_MODEL_LEN": "2048",
+        "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+        "API_KEY": API_KEY,
+        "HF_TOKEN": HF_TOKEN,
+        "BASE_PATH": str(tmp_path_factory.mktemp("base")),
+        "DISABLE_LOG_STATS": "1",
+        "DISABLE_LOG_REQUESTS": "0",  # request logs on: they must not carry secrets either
+    }
+    with serve_cluster.deployed(env) as app:
+        yield app
+
+
+def post(app, path: str, body: Any = None, **kwargs) -> httpx.Response:
+    kwargs.setdefault("timeout", 60)
+    headers = {**AUTH, **kwargs.pop("headers", {})}
+    if body is not None and "content" not in kwargs:
+        kwargs["json"] = body
+    return httpx.post(app.base_url + path, headers=headers, **kwargs)
+
+
+def openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    validate("ErrorResponse", body)
+    return body["error"]
+
+
+def runpod_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str), body
+    return body["error"]
+
+
+def chat(**fields: Any) -> dict:
+    return {"model": "tiny", "messages": MESSAGES, "max_tokens": 4, **fields}
+
+
+# ---------------------------------------------------------------- bad input
+BAD_OPENAI = [
+    ("/v1/chat/completions", chat(max_tokens=-1), "max_tokens"),
+    ("/v1/chat/completions", chat(max_tokens="ten"), "max_tokens"),
+    ("/v1/chat/completions", chat(temperature=-0.5), "temperature"),
+    ("/v1/chat/completions", chat(top_p=1.5), "top_p"),
+    ("/v1/chat/completions", chat(top_p=0), "top_p"),
+    ("/v1/chat/completions", chat(n=0), "n"),
+    ("/v1/chat/completions", chat(top_logprobs=50, logprobs=True), "logprobs"),
+    ("/v1/chat/completions", chat(messages=[]), "message"),
+    ("/v1/chat/completions", chat(messages="hello"), "messages"),
+    ("/v1/chat/completions", chat(messages=[{"role": "wizard", "content": "hi"}]), "wizard"),
+    ("/v1/chat/completions", {"model": "tiny"}, "messages"),
+    ("/v1/chat/completions", chat(model=123), "model"),
+    ("/v1/chat/completions", chat(max_tokens=4000), "max"),  # beyond the context (2048)
+    ("/v1/completions", {"model": "tiny", "max_tokens": 4}, "prompt"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi " * 3000, "max_tokens": 4}, "context"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "stop": 5}, "stop"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "named"), BAD_OPENAI)
+def test_bad_openai_requests_are_400_naming_the_problem(app, path, body, named):
+    error = openai_error(post(app, path, body), 400)
+    assert named in error["message"] or named == error["param"], error
+
+
+def test_malformed_bodies_unknown_routes_and_methods_answer_in_each_protocols_shape(app):
+    for path in ("/v1/chat/completions", "/v2/any/openai/v1/completions"):
+        json_type = {"content-type": "application/json"}
+        malformed = b'{"model": "tiny", "messages": ['
+        error = openai_error(post(app, path, content=malformed, headers=json_type), 400)
+        assert "not valid JSON" in error["message"]
+        openai_error(post(app, path, content=b'["a list"]', headers=json_type), 400)
+        # as `vllm serve`: a body that is not said to be JSON is refused
+        error = openai_error(post(app, path, content=b'{"model": "tiny"}'), 400)
+        assert "application/json" in error["message"]
+    assert "not valid JSON" in runpod_error(post(app, "/v2/any/run", content=b"{nope"), 400)
+    assert "input" in runpod_error(post(app, "/v2/any/run", [1, 2]), 400)
+    assert "input" in runpod_error(post(app, "/v2/any/runsync", {"prompt": "x"}), 400)
+    limit = runpod_error(
+        post(app, "/v2/any/run", {"input": {"prompt": "x"}, "policy": {"ttl": -5}}), 400
+    )
+    assert "ttl" in limit
+    assert "wait" in runpod_error(post(app, "/v2/any/runsync?wait=soon", {"input": {}}), 400)
+    runpod_error(httpx.get(app.base_url + "/v2/any/status/no-such-job", headers=AUTH), 404)
+    runpod_error(httpx.delete(app.base_url + "/v2/any/run", headers=AUTH), 405)
+    openai_error(httpx.get(app.base_url + "/v1/chat/completions", headers=AUTH), 405)
+    openai_error(httpx.get(app.base_url + "/v1/nothing-here", headers=AUTH), 404)
+    openai_error(httpx.get(app.base_url + "/nothing/at/all", headers=AUTH), 404)
+
+
+def test_bodies_over_the_size_limit_are_413_before_they_are_read(app):
+    big = {"model": "tiny", "prompt": "x" * MAX_REQUEST_BYTES, "max_tokens": 1}
+    error = openai_error(post(app, "/v1/completions", big), 413)
+    assert "MAX_REQUEST_BYTES" in error["message"]
+    assert "MAX_REQUEST_BYTES" in runpod_error(
+        post(app, "/v2/any/run", {"input": {"prompt": "x" * MAX_REQUEST_BYTES}}), 413
+    )
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(MAX_REQUEST_BYTES // 1024 + 2):
+            yield b" " * 1024
+
+    openai_error(post(app, "/v1/completions", content=chunks()), 413)
+    assert post(
+        app, "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1}
+    ).is_success
+
+
+# ---------------------------------------------------------------- fuzz
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
+
+
+def test_fuzzing_the_apps_own_openapi_schema_finds_no_server_error(app):
+    """Valid and invalid requests generated from /openapi.json (vLLM's request models for every
+    route of vLLM's, worker-vllm's job input for RunPod's): none may get a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, seed, settings
+    from hypothesis import strategies as st
+
+    schema = schemathesis.openapi.from_url(app.base_url + "/openapi.json", headers=AUTH)
+    cases = st.one_of(
+        schema.as_strategy(schemathesis.GenerationMode.POSITIVE, headers=AUTH),
+        schema.as_strategy(schemathesis.GenerationMode.NEGATIVE, headers=AUTH),
+    )
+    seen: Counter = Counter()
+    server_errors: list[str] = []
+
+    @seed(int(os.environ.get("FUZZ_SEED", "20261126")))
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases)
+    def fuzz(case) -> None:
+        response = case.call(base_url=app.base_url, timeout=120)
+        seen[f"{case.operation.label} {response.status_code}"] += 1
+        # 501: vLLM's answer (as `vllm serve`'s) on a route whose API the model does not have
+        unsupported = response.status_code == 501 and "does not support" in response.text
+        if response.status_code >= 500 and not unsupported:
+            server_errors.append(
+                f"{case.operation.label} {response.status_code}: {response.text[:300]} "
+                f"for {case.body!r:.300}"
+            )
+
+    fuzz()
+    print(f"\nfuzz: {sum(seen.values())} requests: {dict(sorted(seen.items()))}")
+    assert not server_errors, "\n".join(server_errors)
+    assert sum(n for key, n in seen.items() if key.endswith(" 200")) > 10  # some were valid
+
+
+# ---------------------------------------------------------------- overload
+async def _stream_chat(client: httpx.AsyncClient, max_tokens: int) -> tuple[int, Any]:
+    body = chat(max_tokens=max_tokens, stream=True, **GREEDY)
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return response.status_code, response
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        # how the stream ended: "length" when it ran to max_tokens and then [DONE]
+        # (counting chunks would not do: vLLM merges tokens a slow reader has not taken yet)
+        ends = [
+            choice["finish_reason"]
+            for line in lines[:-1]
+            for choice in json.loads(line.removeprefix("data: ")).get("choices", [])
+            if choice.get("finish_reason")
+        ]
+        return 200, (ends[-1] if ends and lines[-1] == "data: [DONE]" else None)
+
+
+def test_beyond_capacity_requests_get_503_with_retry_after_and_jobs_all_finish(app):
+    async def burst():
+        async with httpx.AsyncClient(base_url=app.base_url, headers=AUTH, timeout=120) as c:
+            return await asyncio.gather(*(_stream_chat(c, 1500) for _ in range(12)))
+
+    results = asyncio.run(burst())
+    refused = [r for status, r in results if status != 200]
+    served = [n for status, n in results if status == 200]
+    assert len(served) == CONCURRENCY + QUEUED and len(refused) == 12 - CONCURRENCY - QUEUED
+    assert served == ["length"] * len(served)  # every accepted stream ran to the end
+    for response in refused:
+        assert response.status_code == 503 and response.headers["retry-after"].isdigit()
+        assert "MAX_QUEUED_REQUESTS" in openai_error(response, 503)["message"]
+
+    jobs = [
+        post(app, "/v2/any/run", {"input": {"prompt": f"job {i}", "sampling_params": GREEDY}})
+        for i in range(12)
+    ]
+    ids = [job.json()["id"] for job in jobs]
+    assert all(job.json()["status"] == "IN_QUEUE" for job in jobs)
+    statuses = wait_final(app, ids, timeout=120)
+    assert set(statuses.values()) == {"COMPLETED"}, statuses
+
+
+def wait_final(app, ids: list[str], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        for job_id in ids:
+            if statuses.get(job_id) not in FINAL:
+                response = httpx.get(f"{app.base_url}/v2/any/status/{job_id}", headers=AUTH)
+                statuses[job_id] = response.json()["status"]
+        if all(s in FINAL for s in statuses.values()):
+            return statuses
+        time.sleep(0.5)
+    raise AssertionError(f"jobs not final after {timeout} s: {statuses}")
+
+
+# ---------------------------------------------------------------- soak
+def serving_processes(app) -> list[psutil.Process]:
+    """The LLM replica, its engine processes, and the job queue's replica."""
+    llm = psutil.Process(app.handle().stats.remote().result()["pid"])
+    queue = psutil.Process(app.handle("JobQueue").stats.remote().result()["pid"])
+    return [llm, *llm.children(recursive=True), queue]
+
+
+def rss_mb(processes: list[psutil.Process]) -> float:
+    return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
+
+
+async def _soak_client(app, until: float, seed: int, outcome: Counter, jobs: list[str]) -> None:
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(base_url=app.base_url, headers=AUTH, timeout=120) as client:
+        while time.monotonic() < until:
+            kind = rng.choice(["stream", "plain", "runsync", "run", "cancel", "disconnect"])
+            tokens = rng.randint(8, 300)
+            try:
+                if kind == "stream":
+                    status, _ = await _stream_chat(client, tokens)
+                elif kind == "plain":
+                    body = {"model": "tiny", "prompt": "soak", "max_tokens": tokens, **GREEDY}
+                    status = (await client.post("/v1/completions", json=body)).status_code
+                elif kind == "disconnect":
+                    body = chat(max_tokens=2000, stream=True, **GREEDY)
+                    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                        status = r.status_code
+                        if status == 200:
+                            async for _ in r.aiter_lines():
+                                break  # the client goes away after the first line
+                else:
+                    sampling = {"max_tokens": tokens, **GREEDY}
+                    route = "/v2/soak/runsync?wait=100" if kind == "runsync" else "/v2/soak/run"
+                    response = await client.post(
+                        route, json={"input": {"prompt": "soak", "sampling_params": sampling}}
+                    )
+                    status = response.status_code
+                    if status == 200:  # a client follows its job to the end, as SDKs do
+                        job_id = response.json()["id"]
+                        jobs.append(job_id)
+                        if kind == "cancel":
+                            await asyncio.sleep(rng.random() / 2)
+                            cancel = await client.post(f"/v2/soak/cancel/{job_id}")
+                            outcome[f"cancelled {cancel.status_code}"] += 1
+                        while (await client.get(f"/v2/soak/status/{job_id}")).json()[
+                            "status"
+                        ] not in FINAL:
+                            await asyncio.sleep(0.2)
+                outcome[f"{kind} {status}"] += 1
+            except httpx.HTTPError as exc:
+                outcome[f"{kind} {type(exc).__name__}"] += 1
+
+
+def test_the_replica_keeps_its_start_up_heap_out_of_garbage_collection(app):
+    """As `vllm serve` does (gc.freeze once the engine is up; Serve does it for a replica once
+    it is initialized, RAY_SERVE_FREEZE_GC_ON_STARTUP): otherwise every full collection while
+    serving scans the ~700k objects of vLLM, torch and Ray, a pause of 0.4 s or more on 2 cores
+    in every stream of the replica."""
+    stats = app.handle().stats.remote().result()
+    assert stats["gc_frozen_objects"] > 100_000, stats
+
+
+def test_the_replica_runs_at_vllms_priority_and_its_engine_core_at_rays(app):
+    """Ray starts its workers at 0 here, as wherever this project starts Ray
+    (RAY_worker_niceness=0): the LLM replica, which does what `vllm serve`'s API server does,
+    is at LLM_REPLICA_NICENESS's 0 without any privilege, and it has raised every thread of its
+    engine core to LLM_ENGINE_NICENESS's 15. vLLM's worker, bound by vLLM to CPUs of its own,
+    runs at the replica's 0, and the replica and its engine core, every thread, keep to the
+    CPUs vLLM leaves (PIN_SERVING_TO_RESERVED_CPUS)."""
+    assert os.environ["RAY_worker_niceness"] == "0"  # noqa: SIM112 (Ray's spelling)
+    replica = psutil.Process(app.handle().stats.remote().result()["pid"])
+    engine = {
+        p.cmdline()[0].split()[0]: p
+        for p in replica.children(recursive=True)
+        if p.cmdline()[0].startswith("VLLM::")
+    }
+    assert set(engine) == {"VLLM::EngineCore", "VLLM::Worker"}
+    core, worker = engine["VLLM::EngineCore"], engine["VLLM::Worker"]
+
+    def nice(process: psutil.Process) -> set[int]:
+        return {os.getpriority(os.PRIO_PROCESS, t.id) for t in process.threads()}
+
+    def cpus(process: psutil.Process) -> set[frozenset[int]]:
+        return {frozenset(os.sched_getaffinity(t.id)) for t in process.threads()}
+
+    assert (nice(replica), nice(core), nice(worker)) == ({0}, {15}, {0})
+    bound = os.sched_getaffinity(worker.pid)
+    allowed = os.sched_getaffinity(0)
+    assert bound < allowed, (bound, allowed)  # vLLM's automatic binding reserves a core
+    serving = frozenset(allowed - bound)
+    assert (cpus(replica), cpus(core)) == ({serving}, {serving})
+
+
+def test_soak_mixed_traffic_above_capacity_leaves_nothing_behind(app):
+    processes = serving_processes(app)
+    outcome: Counter = Counter()
+    jobs: list[str] = []
+
+    async def soak(seconds: float, clients: int, seed: int) -> None:
+        until = time.monotonic() + seconds
+        await asyncio.gather(
+            *(_soak_client(app, until, seed + i, outcome, jobs) for i in range(clients))
+        )
+
+    asyncio.run(soak(SOAK_S / 3, 16, 0))  # warm-up: caches and pools reach their size
+    warm = rss_mb(processes)
+    asyncio.run(soak(SOAK_S * 2 / 3, 16, 100))
+    after = rss_mb(processes)
+
+    statuses = wait_final(app, jobs, timeout=120)
+    deadline = time.monotonic() + 30
+    while app.engine_requests() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stats = app.handle().stats.remote().result()
+    print(
+        f"\nsoak: {sum(outcome.values())} requests in {SOAK_S:.0f} s: "
+        f"{dict(sorted(outcome.items()))}\n      jobs: {dict(Counter(statuses.values()))}; "
+        "engine requests left: "
+        f"{stats['unfinished_requests']}; memory {warm:.0f} MB after warm-up, {after:.0f} MB"
+        " at the end"
+    )
+    bad = {k: v for k, v in outcome.items() if k.split()[-1].startswith("5")}
+    assert set(bad) <= {f"{kind} 503" for kind in ("stream", "plain", "disconnect")}, bad
+    assert not [k for k in outcome if "Error" in k], outcome  # no transport failures
+    assert outcome["stream 200"] and outcome["runsync 200"] and outcome["cancelled 200"]
+    assert set(statuses.values()) <= {"COMPLETED", "CANCELLED"}, Counter(statuses.values())
+    assert stats["unfinished_requests"] == 0 and stats["running"] == stats["waiting"] == 0
+    assert after < warm * 1.25 + 100, (warm, after)
+
+
+# ---------------------------------------------------------------- secrets
+def test_secrets_appear_in_no_log_response_or_health(app):
+    import ray
+
+    health = (
+        httpx.get(app.base_url + "/health").text
+        + httpx.get(app.base_url + "/v2/any/health", headers=AUTH).text
+    )
+    assert API_KEY not in health and HF_TOKEN not in health
+    logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
+    leaked = [
+        path.name
+        for path in logs.rglob("*")
+        if path.is_file()
+        and (API_KEY.encode() in (data := path.read_bytes()) or HF_TOKEN.encode() in data)
+    ]
+    assert not leaked, f"secrets found in {leaked}"
+    # the check covers request logs (DISABLE_LOG_REQUESTS=0 here): they were written, to the
+    # replica's Serve log or to its worker's stdout file, depending on which of Serve and vLLM
+    # set up its logging first
+    request_logs = [
+        p.name for p in logs.rglob("*") if p.is_file() and b"Received request" in p.read_bytes()
+    ]
+    assert request_logs, f"no request log among {sorted(p.name for p in logs.rglob('*'))}"
+
+
+# ---------------------------------------------------------------- faults (destructive, last)
+def test_engine_death_mid_stream_ends_streams_and_jobs_then_the_replica_is_replaced(app):
+    pid = app.handle().stats.remote().result()["pid"]
+    (engine,) = [p for p in psutil.Process(pid).children() if "EngineCore" in " ".join(p.cmdline())]
+    job = post(
+        app,
+        "/v2/any/run",
+        {"input": {"prompt": "x", "sampling_params": {**GREEDY, "max_tokens": 1800}}},
+    )
+    job_id = job.json()["id"]
+
+    async def streams() -> list[tuple[list[str], float]]:
+        streaming = asyncio.Semaphore(0)
+        async with httpx.AsyncClient(base_url=app.base_url, headers=AUTH, timeout=120) as c:
+
+            async def one() -> tuple[list[str], float]:
+                body = chat(max_tokens=1800, stream=True, **GREEDY)
+                events: list[str] = []
+                async with c.stream("POST", "/v1/chat/completions", json=body) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            events.append(line.removeprefix("data: "))
+                            if len(events) == 5:
+                                streaming.release()
+                return events, time.monotonic()
+
+            async def kill_when_all_stream() -> None:
+                for _ in range(3):
+                    await streaming.acquire()
+                engine.kill()
+
+            *results, _ = await asyncio.gather(*(one() for _ in range(3)), kill_when_all_stream())
+            return results
+
+    killed_at = time.monotonic()
+    for events, ended in asyncio.run(streams()):
+        assert ended - killed_at < 30
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])
+        validate("ErrorResponse", error)
+        assert len(events) < 1800  # it ended early, with the error
+    (status,) = wait_final(app, [job_id], timeout=60).values()
+    body = httpx.get(f"{app.base_url}/v2/any/status/{job_id}", headers=AUTH).json()
+    assert status == "FAILED" and body["error"], body
+
+    started = time.monotonic()
+    statuses = Counter()
+    while time.monotonic() < started + 300:
+        response = post(app, "/v1/chat/completions", chat(max_tokens=2))
+        statuses[response.status_code] += 1
+        if response.status_code == 200:
+            break
+        openai_error(response, response.status_code)
+        time.sleep(1)
+    else:
+        pytest.fail(f"no recovery within 300 s: {statuses}")
+    assert set(statuses) <= {200, 503}, statuses
+    assert app.handle().stats.remote().result()["pid"] != pid
+    print(f"\nreplica replaced, serving again {time.monotonic() - started:.0f} s after the kill")
+
+
+def test_deleting_the_app_lets_in_flight_streams_finish(app):
+    from ray import serve
+
+    async def run() -> list[tuple[int, Any]]:
+        async with httpx.AsyncClient(base_url=app.base_url, headers=AUTH, timeout=120) as c:
+            streams = [asyncio.create_task(_stream_chat(c, 1500)) for _ in range(2)]
+            await asyncio.sleep(1.0)  # both are generating
+            await asyncio.to_thread(serve.delete, app.name, _blocking=False)
+            return await asyncio.gather(*streams)
+
+    results = asyncio.run(run())
+    assert [status for status, _ in results] == [200, 200], [
+        r.text if status != 200 else r for status, r in results
+    ]
+    assert [end for _, end in results] == ["length", "length"], results  # each ran to its end
