@@ -142,7 +142,7 @@ def running(command: list[str], env: dict[str, str], health_url: str, log: Path)
     The server gets its own process group (to stop it) but stays in this session: Linux's
     autogroup scheduler shares the CPU between sessions, not processes, and a server in a
     session of its own starved the benchmark client (in this session) for 0.2-5 s at a time
-    on two cores, whichever server it was (docs/benchmarks/README.md, step 9)."""
+    on two cores, whichever server it was (docs/benchmarks, decision 9)."""
     with sigterm_as_exit(), open(log, "w") as out:
         process = subprocess.Popen(
             command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0,
@@ -322,7 +322,7 @@ def pauses(figures: dict[str, Any]) -> dict[str, float]:
       per-stream ITLs hide);
     - `paused_ms`: how long, in all, no stream received a token for longer than
       report.PAUSE_ITLS median ITLs: the run's time lost to stalls, as after a burst of new
-      requests (docs/benchmarks step 23). Where tokens arrive in batches (median ITL 0), every
+      requests (docs/benchmarks, decision 23). Where tokens arrive in batches (median ITL 0), every
       gap between batches counts.
     """
     gaps = _gaps_s(figures)

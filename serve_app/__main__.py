@@ -3,7 +3,7 @@
   plan  [CONFIG]   what would be deployed for the current env and config, as JSON
   serve [CONFIG]   validate, fetch the model(s) with progress, then `serve run CONFIG`
   fetch [CONFIG]   only download / convert the model(s)
-  docs             the environment-variable reference (README) from configs/env_vars.yaml
+  docs             the environment-variable reference (docs/configuration.md) from the schema
   runpod-config    RunPod's worker-config.json and .runpod/hub.json from the same schema
   ray-env          `export` lines of the Ray settings to apply where Ray starts (cluster/)
   launch-config    the Serve config to start with: CONFIG, or a copy with HOST/PORT applied
@@ -187,14 +187,14 @@ def cmd_ray_env(ns: argparse.Namespace) -> int:
 
 
 def cmd_docs(ns: argparse.Namespace) -> int:
-    from serve_app.tooling.docs import check_readme, render_reference, write_readme
+    from serve_app.tooling.docs import check_reference, render_reference, write_reference
 
     if ns.write:
-        changed = write_readme()
-        print("README.md updated" if changed else "README.md already up to date")
+        changed = write_reference()
+        print("docs/configuration.md " + ("updated" if changed else "already up to date"))
         return 0
     if ns.check:
-        return 0 if check_readme() else 1
+        return 0 if check_reference() else 1
     print(render_reference())
     return 0
 
@@ -238,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("serve_args", nargs=argparse.REMAINDER, help="passed to `serve run`")
         p.set_defaults(func=func)
     p = sub.add_parser("docs", help="environment-variable reference from configs/env_vars.yaml")
-    p.add_argument("--write", action="store_true", help="update README.md")
-    p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    p.add_argument("--write", action="store_true", help="update docs/configuration.md")
+    p.add_argument(
+        "--check", action="store_true", help="exit 1 if docs/configuration.md is out of date"
+    )
     p.set_defaults(func=cmd_docs)
     p = sub.add_parser("ray-env", help="`export` lines of the Ray settings (for cluster/)")
     p.set_defaults(func=cmd_ray_env)

@@ -2,14 +2,9 @@
 
 vLLM's stat logger records on every engine step: a dozen counters and gauges, a histogram
 observation per finished request for each of its request histograms, and one inter-token
-latency per generated token. vLLM's `RayPrometheusStatLogger` sends each of those through
-Ray's metrics API (about 5 us a call against prometheus_client's 2), and Ray's dashboard agent
-then replays every histogram observation, one OpenTelemetry `record()` each. On the 2-core
-development machine that took the agent 35-48 ms of CPU per 1,000 streamed tokens, and the
-replica some 15-60 ms more than this way, where the agent takes 10-11 (docs/benchmarks,
-step 24).
-
-Part of the engine adapter: the only module that knows vLLM's stat loggers.
+latency per generated token. vLLM's own `RayPrometheusStatLogger` sends each of those through
+Ray's metrics API, and Ray's dashboard agent then replays every histogram observation, which
+costs the agent several times the CPU of this way (docs/benchmarks, decision 24).
 
 So vLLM records into prometheus_client in the replica, exactly as `vllm serve` does
 (`RayExportedStatLogger` is vLLM's own `PrometheusStatLogger`), and every
@@ -21,7 +16,7 @@ by its value, and a histogram as the series Prometheus reads from one, `<name>_b
 logger gives them (`vllm:` becomes `vllm_`, each series tagged with its replica's ReplicaId);
 the cost is a few hundred gauge updates per interval, off the token path. The sums are exact
 (Ray's agent rebuilds a histogram's sum from bucket midpoints); the series lag by up to the
-interval.
+interval. Part of the engine adapter: the only module that knows vLLM's stat loggers.
 """
 
 from __future__ import annotations

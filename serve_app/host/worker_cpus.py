@@ -6,15 +6,11 @@ vLLM's CPU backend binds each worker's OpenMP threads to CPUs of their own
 (VLLM_CPU_NUM_OF_RESERVED_CPU, at least one core) "for the scheduler process" (vllm/utils/
 ompmultiprocessing.py), but nothing keeps the other processes there: the API server (here the
 LLM replica: HTTP, templates, tokenization, streaming) and the engine core land on the workers'
-CPUs too, where every wake-up of theirs interrupts a model step. That is why this project ran
-the workers at LLM_ENGINE_NICENESS (15): at 0 they took the CPU requests are prepared with
-(docs/benchmarks step 14).
+CPUs too, where every wake-up of theirs interrupts a model step.
 
 With the replica and its engine core kept on the reserved CPUs (every thread; threads started
 later inherit it), the workers have theirs to themselves and run at the replica's priority, as
-vLLM's server runs them: on the 2-core development machine under load, within one start,
-1.10x to 1.17x the output throughput and a median TPOT of 0.81x to 0.93x; across alternated
-starts 1.02x and 0.94x (docs/benchmarks step 25).
+vLLM's server runs them (docs/benchmarks, decision 25).
 
 Nothing changes where the workers are not bound to a part of the CPUs this process may use:
 on GPUs, with VLLM_CPU_OMP_THREADS_BIND=nobind, or where they are bound to all of them.

@@ -4,8 +4,8 @@ Each step of the engine wakes every running stream's coroutine in one tick of th
 event loop, and each writes its chunk to its own connection: 32 streams, 32 writes spread
 over the tick, each waking the reader on the other end (Serve's HAProxy, then the client)
 for that one chunk. Held until the tick ends and written together, the step's chunks leave
-in one burst, and HAProxy forwards them in a few wake-ups instead of one per chunk (its
-`epoll_wait` calls per benchmark run halved; docs/benchmarks/README.md, step 22).
+in one burst, and HAProxy forwards them in a few wake-ups instead of one per chunk
+(docs/benchmarks, decision 22).
 
 No stream waits for another token: a chunk is held for the rest of the tick it was written
 in (what is left of the engine step's output processing) and never longer, and the writes of

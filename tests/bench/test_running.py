@@ -18,7 +18,11 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from bench import run
 port = run.free_port()
-server = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+# Ctrl-C's SIGINT as a terminal gives it: a shell's background job starts with it ignored.
+serve = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+serve += "from http.server import SimpleHTTPRequestHandler as H, test; "
+serve += "test(H, port=int(sys.argv[1]), bind='127.0.0.1')"
+server = [sys.executable, "-c", serve, str(port), "http.server"]
 with run.running(server, dict(os.environ), f"http://127.0.0.1:{{port}}/", Path(sys.argv[1])):
     print("up", flush=True)
     time.sleep(120)

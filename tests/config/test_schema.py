@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from serve_app.config.schema import EnvVar, load_schema
 from serve_app.engine import args as vllm_args
-from serve_app.tooling.docs import check_readme
+from serve_app.tooling.docs import check_reference
 
 # Every variable of worker-vllm's README tables ("Environment Variables"): an existing
 # worker-vllm endpoint config must keep working.
@@ -131,8 +131,8 @@ def test_vllm_targets_are_real_vllm_serve_arguments_with_compatible_choices():
             ), var.name
 
 
-def test_readme_reference_is_generated_from_the_schema():
-    assert check_readme(), "README.md is out of date: run `make docs`"
+def test_the_variable_reference_is_generated_from_the_schema():
+    assert check_reference(), "docs/configuration.md is out of date: run `make docs`"
 
 
 def test_only_rays_own_settings_may_keep_rays_lower_case_spelling():

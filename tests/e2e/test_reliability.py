@@ -154,7 +154,7 @@ def test_bodies_over_the_size_limit_are_413_before_they_are_read(app):
 
 
 # ---------------------------------------------------------------- fuzz
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 
 
 def test_fuzzing_the_apps_own_openapi_schema_finds_no_server_error(app):
@@ -194,7 +194,8 @@ def test_fuzzing_the_apps_own_openapi_schema_finds_no_server_error(app):
     fuzz()
     print(f"\nfuzz: {sum(seen.values())} requests: {dict(sorted(seen.items()))}")
     assert not server_errors, "\n".join(server_errors)
-    assert sum(n for key, n in seen.items() if key.endswith(" 200")) > 10  # some were valid
+    # some were valid, on several routes (vLLM's API has about 40, each fuzzed a few times)
+    assert len({key for key in seen if key.endswith(" 200")}) >= 3, seen
 
 
 # ---------------------------------------------------------------- overload
