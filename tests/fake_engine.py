@@ -148,7 +148,7 @@ class FakeEngine:
         @app.post("/v1/load_lora_adapter")
         async def load(request: Request) -> Any:
             body = await request.json()
-            if body["lora_name"] in engine.adapters:
+            if body["lora_name"] in engine.adapters and not body.get("load_inplace"):
                 return vllm_error(
                     400, f"The lora adapter '{body['lora_name']}' has already been loaded."
                 )

@@ -37,7 +37,7 @@ from serve_app.deployments.replicas import deployment_states
 from serve_app.http.app import build_http_app, error_response
 from serve_app.http.asgi import HttpRequest, HttpStart, Receive, Scope, Send
 from serve_app.http.errors import sse_error
-from serve_app.http.model_api import read_body, route_for
+from serve_app.http.model_api import read_body, replay, route_for
 from serve_app.jobs.routes import job_routes
 from serve_app.logs import get_logger
 
@@ -99,7 +99,10 @@ class Ingress:
         state = self._states.get(deployment)
         if state is None or state["running_replicas"] > 0:
             return False
-        self._states = await asyncio.to_thread(deployment_states, set(self._llms))
+        try:
+            self._states = await asyncio.to_thread(deployment_states, set(self._llms))
+        except Exception:  # Serve's controller is restarting: try the deployment anyway
+            return False
         state = self._states.get(deployment)
         return state is not None and state["running_replicas"] == 0
 
@@ -126,11 +129,9 @@ class Ingress:
 
     # ------------------------------------------------------------------ routing
     async def _runtime_adapter(self, name: str) -> str | None:
-        """The deployment a runtime LoRA adapter was loaded into (lora_sync.py), re-read at
-        most every ADAPTERS_REFRESH_S."""
-        if name not in self._adapters and time.monotonic() - self._adapters_read > (
-            ADAPTERS_REFRESH_S
-        ):
+        """The deployment a runtime LoRA adapter was loaded into (lora_sync.py), from Ray's
+        key-value store read at most every ADAPTERS_REFRESH_S."""
+        if time.monotonic() - self._adapters_read > ADAPTERS_REFRESH_S:
             self._adapters_read = time.monotonic()
             app = serve.get_replica_context().app_name
             try:
@@ -139,15 +140,20 @@ class Ingress:
                 logger.warning("runtime LoRA adapters unavailable: %s", exc)
         return self._adapters.get(name)
 
-    async def _deployments_for(self, method: str, path: str, body: bytes) -> list[str]:
+    async def _deployments_for(
+        self, method: str, path: str, body: bytes, form_model: str | None = None
+    ) -> list[str]:
         """The deployments to try, in order (several only for a Responses id, which any of
-        them may hold). UnknownModelError if the request names no served model."""
+        them may hold). UnknownModelError if the request names no served model. `model` is
+        the JSON body's, or `form_model` (a form's, as audio uploads send it)."""
         try:
-            payload = json.loads(body) if body else None
+            payload = json.loads(body) if body and form_model is None else None
         except (ValueError, RecursionError):
             payload = None  # the first deployment's API names what is wrong with it
         if not isinstance(payload, dict):
             payload = {}
+        if form_model is not None:
+            payload = {"model": form_model}
         models = self._options.models
         if "model" in payload:
             try:
@@ -173,10 +179,17 @@ class Ingress:
 
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI app: the request, answered by the LLM deployment of its `model`."""
+        if scope["type"] != "http":  # WebSockets (vLLM's realtime API) need one model served
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1003})
+            return
         path = scope["path"]
         body = await read_body(receive)
+        if body is None:
+            return  # the client went away
         try:
-            deployments = await self._deployments_for(scope["method"], path, body)
+            model_field = await _form_model(scope, body)
+            deployments = await self._deployments_for(scope["method"], path, body, model_field)
         except UnknownModelError as exc:
             await error_response(path, exc.status, str(exc), **exc.openai_fields())(
                 scope, receive, send
@@ -201,11 +214,11 @@ class Ingress:
             if start.status == 404 and index + 1 < len(deployments):
                 stream.cancel()
                 continue  # a Responses id another deployment may hold
-            await self._relay(start, stream, send)
+            await self._relay(path, start, stream, send)
             return
 
     async def _relay(
-        self, start: HttpStart, stream: DeploymentResponseGenerator, send: Send
+        self, path: str, start: HttpStart, stream: DeploymentResponseGenerator, send: Send
     ) -> None:
         """Pass the answer through; a stream whose replica goes away ends with an error event.
 
@@ -229,7 +242,7 @@ class Ingress:
                     if gone
                     else f"The stream failed ({type(exc).__name__})"
                 )
-                event = sse_error(503 if gone else 500, message).encode()
+                event = sse_error(path, 503 if gone else 500, message).encode()
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             else:
                 logger.exception("answer failed")
@@ -299,6 +312,29 @@ class Ingress:
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when every LLM deployment has a running replica."""
-        states = await asyncio.to_thread(deployment_states, set(self._llms))
+        try:
+            states = await asyncio.to_thread(deployment_states, set(self._llms))
+        except Exception as exc:  # Serve's controller is restarting
+            return False, {"deployments": {}, "error": f"Serve's status unavailable: {exc}"}
         ready = bool(states) and all(s["running_replicas"] > 0 for s in states.values())
         return ready, {"deployments": states}
+
+
+async def _form_model(scope: Scope, body: bytes) -> str | None:
+    """`model` of a form body (multipart or urlencoded: audio uploads), or None."""
+    headers = dict(scope.get("headers") or ())
+    kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if kind not in (b"multipart/form-data", b"application/x-www-form-urlencoded"):
+        return None
+    from starlette.requests import Request
+
+    try:
+        form = await Request(scope, receive=replay(body, _no_more)).form()
+    except Exception:
+        return None  # the deployment's API names what is wrong with the form
+    model = form.get("model")
+    return model if isinstance(model, str) else None
+
+
+async def _no_more() -> dict[str, Any]:
+    return {"type": "http.disconnect"}

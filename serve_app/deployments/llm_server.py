@@ -17,6 +17,7 @@ sends each request to `http` through a handle; RunPod jobs come through `job`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 from collections.abc import AsyncIterator
@@ -83,13 +84,15 @@ class LLMServer:
         """One HTTP request from the router ingress, answered by this replica's model API:
         the HttpStart, then the body (chunks produced while the previous one was on its way
         travel together)."""
-        async for item in asgi.call(self.api, request):
-            yield item
+        async with contextlib.aclosing(asgi.call(self.api, request)) as answer:
+            async for item in answer:
+                yield item
 
     async def job(self, job_input: Any, wait: bool = True) -> AsyncIterator[Any]:
         """A RunPod job (jobs/runner.py)."""
-        async for item in self._jobs.run(job_input, wait=wait):
-            yield item
+        async with contextlib.aclosing(self._jobs.run(job_input, wait=wait)) as items:
+            async for item in items:
+                yield item
 
     async def ready(self) -> bool:
         """Answers once the replica runs: the router's probe while none does."""

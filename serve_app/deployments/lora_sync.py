@@ -80,7 +80,7 @@ class LoraSync:
         self.api = api
         self.registry = registry
         self.loaded: dict[str, str] = {}  # runtime adapters this replica's engine holds
-        self.failed: set[tuple[str, str]] = set()  # (name, path) this engine refused to load
+        self.failed: set[tuple[str, str]] = set()  # (name, path) refused here, logged once
         self._lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,6 +89,8 @@ class LoraSync:
             await self.api(scope, receive, send)
             return
         body = await read_body(receive)
+        if body is None:
+            return  # the client went away
         try:
             payload = json.loads(body)
             name = payload.get("lora_name") if isinstance(payload, dict) else None
@@ -125,8 +127,10 @@ class LoraSync:
     async def _sync(self) -> None:
         wanted = await asyncio.to_thread(self.registry.all)
         for name, path in wanted.items():
-            if self.loaded.get(name) != path and (name, path) not in self.failed:
-                await self._change(LOAD_PATH, {"lora_name": name, "lora_path": path}, path)
+            if self.loaded.get(name) != path:
+                # a new path for a name this engine holds replaces its weights in place
+                body = {"lora_name": name, "lora_path": path, "load_inplace": name in self.loaded}
+                await self._change(LOAD_PATH, body, path)
         for name in [n for n in self.loaded if n not in wanted]:
             await self._change(UNLOAD_PATH, {"lora_name": name}, None)
 
@@ -134,24 +138,28 @@ class LoraSync:
         request = asgi.HttpRequest.json(path, json.dumps(body).encode())
         start, answer = await asgi.read(self.api, request, **{asgi.ADMITTED: True})
         name = body["lora_name"]
-        already = b"already been loaded" in answer or b"already loaded" in answer
+        # vLLM refuses a name it holds already: loaded at start-up (LORA_MODULES) or by a
+        # request here before the registry had it; not one this sync loaded (that is in place).
+        already = b"already been loaded" in answer and name not in self.loaded
         if start.status == 200 or (loaded is not None and already):
             if loaded is None:
                 self.loaded.pop(name, None)
             else:
                 self.loaded[name] = loaded
+            self.failed.discard((name, loaded or ""))
             logger.info("LoRA adapter %r %s (registry)", name, "loaded" if loaded else "unloaded")
             return
-        logger.warning(
-            "LoRA adapter %r could not be %s here: %s",
-            name,
-            "loaded" if loaded else "unloaded",
-            answer[:300].decode(errors="replace"),
-        )
         if loaded is None:
             self.loaded.pop(name, None)
-        else:
-            self.failed.add((name, loaded))
+        if (name, loaded or "") not in self.failed:  # retried every sync, logged once
+            self.failed.add((name, loaded or ""))
+            logger.warning(
+                "LoRA adapter %r could not be %s here (retried every %g s): %s",
+                name,
+                "loaded" if loaded else "unloaded",
+                LORA_SYNC_INTERVAL_S,
+                answer[:300].decode(errors="replace"),
+            )
 
     async def run(self, interval_s: float = LORA_SYNC_INTERVAL_S) -> None:
         """Keep in line with the registry until cancelled."""

@@ -3,9 +3,9 @@
 An engine answers HTTP: `app` is vLLM's own API for it (every router `vllm serve` registers for
 the model's tasks, on the state `vllm serve` builds), an ASGI app that the LLM deployment serves
 directly, behind this application's guarantees (serve_app/http/model_api.py), and that the router
-ingress and the job queue reach through a deployment handle (serve_app/http/asgi.py). Answers come
-back as vLLM wrote them: a JSON body, or SSE chunks exactly as vLLM produced them, so nothing on
-the token path parses them again. Besides HTTP an engine reports its health and its load.
+ingress and the job queue reach through a deployment handle (serve_app/http/asgi.py). Streams
+come back as vLLM wrote them, SSE chunks exactly as vLLM produced them, so nothing on the token
+path parses them again. Besides HTTP an engine reports its health and its load.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from serve_app.config.plan import ModelDeployment
 from serve_app.engine import args as vllm_args
 from serve_app.engine import compat, tool_parsers
 from serve_app.engine.model_files import resolve_model
-from serve_app.http.errors import error_dict
+from serve_app.http.errors import error_dict, http_error_message
 from serve_app.logs import get_logger
 
 logger = get_logger(__name__)
@@ -289,11 +289,8 @@ def _install_error_handlers(app: Any) -> None:
         return JSONResponse(error_dict(400, message, param=param), status_code=400)
 
     async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
-        message = str(exc.detail)
-        if exc.status_code == 404:
-            message = f"Unknown route: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}"
+        path = request.url.path
+        message = http_error_message(exc.status_code, exc.detail, request.method, path)
         return JSONResponse(
             error_dict(exc.status_code, message), status_code=exc.status_code, headers=exc.headers
         )

@@ -38,6 +38,11 @@ class GenerationSlots:
     def waiting(self) -> int:
         return self._waiting
 
+    @property
+    def free(self) -> bool:
+        """A slot is free now: taking one will not wait."""
+        return not self._slots.locked()
+
     @contextlib.asynccontextmanager
     async def slot(self, wait: bool = True) -> AsyncIterator[None]:
         """Hold one generation slot; Overloaded at once if it would have to queue past the

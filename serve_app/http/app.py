@@ -12,8 +12,8 @@ Every route `vllm serve` answers is served under `/v1/...` (and vLLM's own paths
 `/tokenize`); the `/v1/...` ones also under RunPod's base URLs `/openai/v1/...` and
 `/v2/<endpoint_id>/openai/v1/...`. RunPod's job routes go to the job queue deployment. On every
 route: API_KEY (as `Authorization: Bearer` or Anthropic's `x-api-key`), MAX_REQUEST_BYTES, and
-errors in the protocol's own shape (errors.py). Answers leave already serialized, so nothing
-on the token path parses or re-encodes them.
+errors in the protocol's own shape (errors.py). Streams leave as vLLM serialized them, so
+nothing on the token path parses or re-encodes them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.config.plan import IngressOptions
 from serve_app.http.asgi import ASGIApp, Receive, Scope, Send
-from serve_app.http.errors import error_for, protocol_of, split_openai_prefix
+from serve_app.http.errors import (
+    error_for,
+    http_error_message,
+    protocol_of,
+    split_openai_prefix,
+)
 from serve_app.http.model_api import RETRY_AFTER_S
 from serve_app.logs import get_logger
 
@@ -51,8 +56,9 @@ def error_response(path: str, status: int, message: str, **kwargs: Any) -> JSONR
 
 class ApiKeyMiddleware:
     """With API_KEY set, every route but GET /health needs the key: `Authorization: Bearer
-    <key>` (OpenAI's and RunPod's SDKs) or `x-api-key: <key>` (Anthropic's). A browser's CORS
-    preflight (which carries no credentials by design) is answered by vLLM's CORS settings.
+    <key>` (OpenAI's and RunPod's SDKs) or `x-api-key: <key>` (Anthropic's), WebSockets
+    included. A browser's CORS preflight (which carries no credentials by design) passes on,
+    to be answered by vLLM's CORS settings on the model API's routes.
 
     Pure ASGI (no body wrapping on the token path); compares SHA-256 digests in constant time.
     """
@@ -68,9 +74,9 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers") or ())
         if (
-            scope["type"] != "http"
+            scope["type"] not in ("http", "websocket")
             or scope["path"] == "/health"
-            or (scope["method"] == "OPTIONS" and b"access-control-request-method" in headers)
+            or (scope.get("method") == "OPTIONS" and b"access-control-request-method" in headers)
         ):
             await self.app(scope, receive, send)
             return
@@ -81,6 +87,9 @@ class ApiKeyMiddleware:
             b"x-api-key" in headers and self._valid(headers[b"x-api-key"])
         ):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "invalid API key"})
             return
         message = (
             "Missing or invalid API key: send `Authorization: Bearer <API_KEY>` "
@@ -227,12 +236,9 @@ def _openapi(app: FastAPI, model_api: Callable[[], dict[str, Any]] | None) -> di
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = str(exc.detail)
-        if exc.status_code == 404:
-            message = f"Unknown route: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}"
-        return error_response(request.url.path, exc.status_code, message)
+        path = request.url.path
+        message = http_error_message(exc.status_code, exc.detail, request.method, path)
+        return error_response(path, exc.status_code, message)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

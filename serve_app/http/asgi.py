@@ -5,8 +5,9 @@ handle, and how a job runs its OpenAI request: the caller sends an `HttpRequest`
 runs it through its app (`call`) and yields an `HttpStart`, then the body. Body chunks the app
 sends while the previous one is still on its way travel together, so a replica that is ahead of
 its consumer sends fewer, larger messages (crossing a handle costs about an engine step per
-message) and nothing waits to fill a batch. Closing the generator cancels the app's task, which
-aborts the request in the engine.
+message) and nothing waits to fill a batch. Closing the generator tells the app its client
+went away (before the answer starts, vLLM's routes need that; it waits up to
+DISCONNECT_GRACE_S for them) and cancels its task, which aborts the request in the engine.
 
 Written here because the ASGI clients that exist (httpx's ASGITransport, Starlette's
 TestClient) read a whole response before returning it.
@@ -15,7 +16,6 @@ TestClient) read a whole response before returning it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,13 +139,14 @@ async def call(
             task.add_done_callback(_retrieve)
         else:  # the consumer went away: tell the app, as a server would, then stop it
             disconnected.set()
-            if not started:
-                # vLLM's routes run their handler in a task of its own until it answers,
-                # which only the disconnect cancels (cancelling the app leaves it running).
-                await asyncio.wait({task}, timeout=DISCONNECT_GRACE_S)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            try:
+                if not started:
+                    # vLLM's routes run their handler in a task of its own until it answers,
+                    # which only the disconnect cancels (cancelling the app leaves it running).
+                    await asyncio.wait({task}, timeout=DISCONNECT_GRACE_S)
+            finally:
+                task.cancel()
+                task.add_done_callback(_retrieve)
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -107,8 +107,13 @@ def error_for(protocol: Protocol, status: int, message: str, **kwargs: Any) -> d
     return error_dict(status, message, **kwargs)
 
 
-def error_body(status: int, message: str, **kwargs: Any) -> bytes:
-    return json.dumps(error_dict(status, message, **kwargs)).encode()
+def http_error_message(status: int, detail: Any, method: str, path: str) -> str:
+    """What a framework's HTTP error (unknown route, wrong method, ...) says to the client."""
+    if status == 404:
+        return f"Unknown route: {method} {path}"
+    if status == 405:
+        return f"Method {method} is not allowed on {path}"
+    return str(detail)
 
 
 def normalize_error(payload: dict[str, Any], status: int | None = None) -> tuple[int, dict]:
@@ -131,16 +136,27 @@ def normalize_error(payload: dict[str, Any], status: int | None = None) -> tuple
     return status, error_dict(status, message, param=param, code=code)
 
 
-def reshape(protocol: Protocol, status: int, payload: Any) -> dict[str, Any]:
-    """An error body of any of the shapes above (or vLLM's) in `protocol`'s shape."""
+def reshape(protocol: Protocol, status: int | None, payload: Any) -> dict[str, Any]:
+    """An error body of any of the shapes above (or vLLM's) in `protocol`'s shape; `status`
+    None: the one vLLM's body names."""
     if not isinstance(payload, dict):
         payload = {"message": str(payload)}
-    _, error = normalize_error(payload, status)
+    status, error = normalize_error(payload, status)
     if protocol == "openai":
         return error
     return error_for(protocol, status, error["error"]["message"])
 
 
-def sse_error(status: int, message: str, **kwargs: Any) -> str:
-    """An error event followed by the end of an SSE stream."""
-    return f"data: {json.dumps(error_dict(status, message, **kwargs))}\n\ndata: [DONE]\n\n"
+def sse_error(path: str, status: int, message: str) -> str:
+    """The last event of a stream that fails midway, as the path's protocol ends one:
+    Anthropic's `error` event, the Responses API's `error` event, or OpenAI's error data
+    followed by `[DONE]`."""
+    split = split_openai_prefix(path)
+    inner = split[0] if split else path
+    if protocol_of(path) == "anthropic":
+        return f"event: error\ndata: {json.dumps(anthropic_error_dict(status, message))}\n\n"
+    error = error_dict(status, message)["error"]
+    if inner.startswith("/v1/responses"):
+        event = {"type": "error", "code": error["code"], "message": message, "param": None}
+        return f"event: error\ndata: {json.dumps(event)}\n\n"
+    return f"data: {json.dumps({'error': error})}\n\ndata: [DONE]\n\n"

@@ -13,14 +13,18 @@ for the model) and adds, on every route:
   models are conformed to them (conformance.py); in-stream error events too;
 * what only fits one process is left out with a 404 that says why (EXCLUDED).
 
-Streams pass through untouched but for one comparison per chunk. The LLM deployment serves a
+Streams pass through untouched but for one comparison per chunk; whole JSON answers of the
+routes with a schema are parsed and written again once. The LLM deployment serves a
 ModelApi as its HTTP app (one model), and runs requests through it for the router ingress and
 for RunPod jobs (asgi.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +67,7 @@ ROUTES: dict[str, Route] = {
     "/generative_scoring": Route(True),
     "/invocations": Route(True),
     "/inference/v1/generate": Route(True),
+    "/cohere/v2/chat": Route(True),  # with the cohere SDK and VLLM_ENABLE_COHERE_API=1
 }
 _RESPONSE_BY_ID = Route(schema="Response")  # GET /v1/responses/{id}, POST .../cancel
 _PASS = Route()
@@ -90,11 +95,14 @@ JOB_ROUTES = tuple(path for path, route in ROUTES.items() if route.job)
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
+_RESPONSE_ID = re.compile(r"^/v1/responses/[^/]+(?:/cancel)?$")
+
+
 def route_for(path: str) -> Route:
     route = ROUTES.get(path)
     if route is not None:
         return route
-    if path.startswith("/v1/responses/"):
+    if _RESPONSE_ID.match(path) and path != "/v1/responses/render":
         return _RESPONSE_BY_ID
     return _PASS
 
@@ -116,9 +124,10 @@ def unknown_role(body: Any) -> str | None:
 
 def _json_response(status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None):
     body = json.dumps(payload).encode()
-    kept = [(k, v) for k, v in headers or [] if k.lower() not in (b"content-length",)]
-    if not any(k.lower() == b"content-type" for k, _ in kept):
-        kept.append((b"content-type", b"application/json"))
+    kept = [
+        (k, v) for k, v in headers or [] if k.lower() not in (b"content-length", b"content-type")
+    ]
+    kept.append((b"content-type", b"application/json"))
     if status in (429, 503) and not any(k.lower() == b"retry-after" for k, _ in kept):
         kept.append((b"retry-after", RETRY_AFTER_S.encode()))
     kept.append((b"content-length", str(len(body)).encode()))
@@ -132,12 +141,13 @@ async def send_error(send: Send, protocol: Protocol, status: int, message: str, 
     await send(body)
 
 
-async def read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes | None:
+    """The request's whole body; None if the client went away first."""
     chunks = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(chunks)  # the client went away
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -223,7 +233,7 @@ def _conform_error_events(chunk: bytes) -> bytes:
         if event.startswith(_ERROR_EVENT):
             try:
                 payload = json.loads(event.removeprefix(b"data: "))
-                event = b"data: " + json.dumps(reshape("openai", 500, payload)).encode()
+                event = b"data: " + json.dumps(reshape("openai", None, payload)).encode()
             except ValueError:
                 pass
         events.append(event)
@@ -248,23 +258,31 @@ class ModelApi:
             await send_error(send, protocol, 404, f"{path} is not served here: {reason}")
             return
         route = route_for(path)
-        if path == "/v1/chat/completions" and scope["method"] == "POST":
+        generates = route.generates and scope["method"] == "POST"
+        client = receive  # after the body: only the client's disconnect
+        if generates or (path == "/v1/chat/completions" and scope["method"] == "POST"):
+            # The whole body first: a slot is not held while it uploads, and bad roles are
+            # refused before the engine (or the waiting line) sees them.
             body = await read_body(receive)
-            try:
-                problem = unknown_role(json.loads(body))
-            except (ValueError, RecursionError):
-                problem = None  # vLLM names what is wrong with the body
-            if problem:
-                await send_error(send, protocol, 400, problem, param="messages")
+            if body is None:
                 return
+            if path == "/v1/chat/completions":
+                try:
+                    problem = unknown_role(json.loads(body))
+                except (ValueError, RecursionError):
+                    problem = None  # vLLM names what is wrong with the body
+                if problem:
+                    await send_error(send, protocol, 400, problem, param="messages")
+                    return
             receive = replay(body, receive)
         send = _shaping(send, protocol, route.schema)
-        if not route.generates or scope.get(ADMITTED):
+        if not generates or scope.get(ADMITTED):
             await self.app(scope, receive, send)
             return
         slot = self.slots.slot()
         try:
-            await slot.__aenter__()
+            if not await _enter_unless_gone(slot, self.slots.free, client):
+                return  # the client went away while it waited for a slot
         except Overloaded as exc:
             await send_error(send, protocol, 503, f"Overloaded, retry shortly: {exc}")
             return
@@ -272,3 +290,30 @@ class ModelApi:
             await self.app(scope, receive, send)
         finally:
             await slot.__aexit__(None, None, None)
+
+
+async def _enter_unless_gone(slot: Any, free: bool, receive: Receive) -> bool:
+    """Take the slot; while it has to wait, watch for the client's disconnect, which takes it
+    out of the line (False). Overloaded when the line is full."""
+    if free:
+        await slot.__aenter__()
+        return True
+    entering = asyncio.ensure_future(slot.__aenter__())
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({entering, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not entering.done():
+            entering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await entering
+    if entering.cancelled():
+        return False
+    entering.result()  # Overloaded
+    return True
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -84,7 +84,7 @@ def job_routes(options: IngressOptions, jobs: DeploymentHandle) -> APIRouter:
     async def submit(endpoint_id: str, request: Request, sync: bool) -> Any:
         try:
             body = json.loads(await request.body())
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             return runpod_error(400, f"The request body is not valid JSON: {exc}")
         try:
             limits = request_limits(body)

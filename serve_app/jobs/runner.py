@@ -9,8 +9,9 @@ as the same request over HTTP would, and the answer becomes worker-vllm's output
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from serve_app.config.plan import JobOutputOptions
@@ -51,14 +52,16 @@ class JobRunner:
         try:
             if job.openai_route and not route_for(job.openai_route).generates:
                 yield JobStarted(replica=self._replica)  # no generation: no slot needed
-                async for item in self._openai_job(job):
-                    yield item
+                async with contextlib.aclosing(self._openai_job(job)) as items:
+                    async for item in items:
+                        yield item
                 return
             async with self._slots.slot(wait=wait):
                 yield JobStarted(replica=self._replica)
-                items = self._openai_job(job) if job.openai_route else self._standard_job(job)
-                async for item in items:
-                    yield item
+                run = self._openai_job(job) if job.openai_route else self._standard_job(job)
+                async with contextlib.aclosing(run) as items:
+                    async for item in items:
+                        yield item
         except Overloaded:
             yield ReplicaBusy()
         except OpenAIError as exc:
@@ -66,7 +69,7 @@ class JobRunner:
 
     async def _request(
         self, path: str, body: dict[str, Any] | None
-    ) -> tuple[Any, AsyncIterator[str] | None]:
+    ) -> tuple[Any, AsyncGenerator[str] | None]:
         """Run an OpenAI request: (the response, None), or (None, its SSE chunks). The job holds
         its generation slot already."""
         if body is None:
@@ -95,8 +98,11 @@ class JobRunner:
             return
         sizes = translate.batch_sizes(job, self._options.streaming)
         n = job.sampling_params.n or 1
-        async for item in translate.stream_items(stream, route, sizes, n):
-            yield item
+        try:
+            async for item in translate.stream_items(stream, route, sizes, n):
+                yield item
+        finally:
+            await stream.aclose()  # a job ended early: its request ends in the engine
 
     async def _openai_job(self, job: JobInput) -> AsyncIterator[Any]:
         assert job.openai_route is not None
@@ -109,11 +115,14 @@ class JobRunner:
             return
         sizes = translate.batch_sizes(job, self._options.streaming)
         raw = self._options.raw_openai_output
-        async for batch in translate.openai_stream_items(stream, sizes, raw=raw):
-            yield batch
+        try:
+            async for batch in translate.openai_stream_items(stream, sizes, raw=raw):
+                yield batch
+        finally:
+            await stream.aclose()  # a job ended early: its request ends in the engine
 
 
-async def _text(chunks: Any) -> AsyncIterator[str]:
+async def _text(chunks: Any) -> AsyncGenerator[str]:
     """The chunks as text; closing this closes them (which aborts the request)."""
     try:
         async for chunk in chunks:

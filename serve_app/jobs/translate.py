@@ -149,7 +149,7 @@ class OpenAIError(Exception):
 
 async def _events(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
     async for chunk in chunks:
-        for line in chunk.splitlines():
+        for line in chunk.split("\n"):  # not splitlines: text may hold U+2028 and kin
             if line.startswith("data: ") and line != "data: [DONE]":
                 yield json.loads(line.removeprefix("data: "))
 
@@ -164,9 +164,7 @@ async def openai_stream_items(
     batch: list[Any] = []
     async for chunk in chunks:
         for event in chunk.split("\n\n"):
-            data = next(
-                (line[6:] for line in event.splitlines() if line.startswith("data: ")), None
-            )
+            data = next((line[6:] for line in event.split("\n") if line.startswith("data: ")), None)
             if data is None:
                 continue
             if raw:

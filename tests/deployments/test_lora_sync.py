@@ -58,7 +58,7 @@ def test_an_adapter_loaded_through_one_replica_reaches_the_others_and_new_ones()
     asyncio.run(scenario())
 
 
-def test_a_failed_load_is_not_recorded_and_a_bad_registry_entry_is_tried_once():
+def test_a_failed_load_is_not_recorded_and_a_bad_registry_entry_is_retried():
     async def scenario():
         store: dict[str, str] = {}
         engine, api = replica(store)
@@ -66,8 +66,25 @@ def test_a_failed_load_is_not_recorded_and_a_bad_registry_entry_is_tried_once():
         assert store == {} and engine.adapters == {}
         store["z"] = "/missing/z"  # recorded elsewhere, fails here
         await api.sync()
-        await api.sync()
         assert api.failed == {("z", "/missing/z")} and engine.adapters == {}
+        store["z"] = "/adapters/z"  # fixed: the next sync loads it
+        await api.sync()
+        assert engine.adapters == {"z": "/adapters/z"} and api.failed == {("z", "/missing/z")}
+
+    asyncio.run(scenario())
+
+
+def test_a_name_loaded_again_with_another_path_is_replaced_everywhere():
+    async def scenario():
+        store: dict[str, str] = {}
+        (engine_a, a), (engine_b, b) = replica(store), replica(store)
+        assert await post(a, LOAD_PATH, {"lora_name": "x", "lora_path": "/v1/x"}) == 200
+        await b.sync()
+        body = {"lora_name": "x", "lora_path": "/v2/x", "load_inplace": True}
+        assert await post(a, LOAD_PATH, body) == 200
+        await b.sync()
+        assert engine_a.adapters == engine_b.adapters == {"x": "/v2/x"}
+        assert b.loaded == {"x": "/v2/x"}
 
     asyncio.run(scenario())
 

@@ -83,6 +83,23 @@ def test_a_missing_or_wrong_key_is_401_in_openais_shape(path, headers):
     assert "x-api-key" in response.json()["error"]["message"]
 
 
+def test_a_websocket_without_the_key_is_closed():
+    sent: list[dict] = []
+
+    async def scenario():
+        async def receive():
+            return {"type": "websocket.connect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "websocket", "path": "/v1/realtime", "headers": [], "query_string": b""}
+        await ingress_app()(scope, receive, send)
+
+    asyncio.run(scenario())
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "invalid API key"}]
+
+
 def test_anthropic_routes_answer_401_and_413_in_anthropics_shape():
     response = request("POST", "/v1/messages", json={"model": "fake"})
     assert response.status_code == 401

@@ -108,6 +108,53 @@ def test_generating_routes_wait_for_a_slot_and_are_refused_past_the_line():
     run(scenario())
 
 
+def test_a_client_that_leaves_while_waiting_for_a_slot_leaves_the_line():
+    """With the slot taken, a second request waits in line; its client goes away: it leaves
+    the line at once (no ghost keeps a place a live client needs), and never runs."""
+
+    async def scenario():
+        engine = FakeEngine(token_delay_s=0.01)
+        api = model_api(engine, concurrency=1, queue=1)
+        stream = asgi.call(
+            api, asgi.HttpRequest.json("/v1/completions", b'{"stream": true, "max_tokens": 1000}')
+        )
+        await anext(stream)
+        gone = asyncio.Event()  # the waiting request's client, until it disconnects
+        body_sent = False
+
+        async def receive():
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": b'{"max_tokens": 1}', "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = asgi.HttpRequest.json("/v1/completions", b"").scope()
+        leaving = asyncio.create_task(api(scope, receive, send))
+        await reached(lambda: api.slots.waiting == 1)
+        gone.set()
+        await asyncio.wait_for(leaving, 5)
+        assert api.slots.waiting == 0 and api.slots.running == 1 and sent == []
+        await stream.aclose()
+
+    run(scenario())
+
+
+def test_in_stream_error_events_keep_vllms_status():
+    """vLLM's in-stream errors carry their status in `code`: a client's mistake stays one."""
+    from serve_app.http.model_api import _conform_error_events
+
+    chunk = b'data: {"error": {"message": "bad", "type": "BadRequestError", "code": 400}}\n\n'
+    event = json.loads(_conform_error_events(chunk).split(b"\n\n")[0].removeprefix(b"data: "))
+    assert event["error"]["type"] == "invalid_request_error" and event["error"]["code"] is None
+
+
 def test_in_stream_error_events_get_openais_shape():
     async def scenario():
         api = model_api(FakeEngine())
@@ -183,6 +230,8 @@ def test_a_job_that_holds_a_slot_already_is_not_admitted_twice():
         ("/v1/chat/completions", True, "CreateChatCompletionResponse"),
         ("/v1/responses", True, "Response"),
         ("/v1/responses/resp_1", False, "Response"),
+        ("/v1/responses/resp_1/cancel", False, "Response"),
+        ("/v1/responses/render", False, None),  # not a Response
         ("/v1/embeddings", True, "CreateEmbeddingResponse"),
         ("/v1/messages", True, None),
         ("/v1/messages/count_tokens", False, None),

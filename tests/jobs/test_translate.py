@@ -75,8 +75,9 @@ def test_prompt_becomes_a_completion_and_messages_a_chat():
     assert (route, body["messages"]) == ("chat", [{"role": "user", "content": "Hi"}])
 
 
-def sse(*events: dict) -> list[str]:
-    return [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
+def sse(*events: dict, ensure_ascii: bool = True) -> list[str]:
+    chunks = [f"data: {json.dumps(e, ensure_ascii=ensure_ascii)}\n\n" for e in events]
+    return [*chunks, "data: [DONE]\n\n"]
 
 
 async def collect(agen) -> list:
@@ -126,6 +127,19 @@ def test_a_token_without_text_of_its_own_counts_as_worker_vllm_counted_it():
         ["t5", "t6", "t7"],
     ]
     assert items[-1]["usage"] == {"input": 4, "output": 7}
+
+
+def test_text_with_unicode_line_separators_stays_in_its_event():
+    """Pydantic leaves U+2028, U+2029 and U+0085 unescaped in JSON: they split no event."""
+    events = [completion_chunk(0, "a\u2028b\u2029c\x85d", 1)]
+    items = asyncio.run(
+        collect(
+            translate.stream_items(
+                aiter_of(sse(*events, ensure_ascii=False)), "completions", grow(5)
+            )
+        )
+    )
+    assert items[0]["choices"][0]["tokens"] == ["a\u2028b\u2029c\x85d"]
 
 
 def test_chat_stream_items_skip_the_role_announcement():
