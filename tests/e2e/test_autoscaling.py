@@ -36,16 +36,21 @@ def app(serve_cluster, tiny_model: Path, tmp_path_factory):
         yield app
 
 
-def test_the_first_request_starts_a_replica_and_waits_for_it(app):
-    assert app.plan.ingress.mode == "llm" and app.running_replicas() == 0
-    started = time.monotonic()
+def ask(app) -> int:
+    """One short chat request (with no replica running, it starts one): its tokens."""
     reply = app.openai().chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": "hello"}],
         max_tokens=4,
         extra_body={"ignore_eos": True},
     )
-    assert reply.usage.completion_tokens == 4
+    return reply.usage.completion_tokens
+
+
+def test_the_first_request_starts_a_replica_and_waits_for_it(app):
+    assert app.plan.ingress.mode == "llm" and app.running_replicas() == 0
+    started = time.monotonic()
+    assert ask(app) == 4
     assert app.running_replicas() == 1
     print(f"\nfirst request with no replica answered after {time.monotonic() - started:.0f} s")
 
@@ -57,6 +62,7 @@ def test_load_scales_out_to_two_replicas_that_both_serve_then_in_again(app):
         body = {"input": {"prompt": f"load {i}", "sampling_params": LONG}}
         return requests.post(url + "run", json=body, timeout=30).json()["id"]
 
+    assert ask(app) == 4  # one replica runs, also when this test runs alone
     wait_for(lambda: app.running_replicas() == 1, timeout=60, interval=1.0)
     # 8 long jobs: 4 run (MAX_CONCURRENCY), 4 wait; 4 ongoing / target 2 asks for 2 replicas
     jobs = [run(i) for i in range(8)]
