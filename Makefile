@@ -8,7 +8,7 @@ EXTRAS ?= cpu,test
 CONFIG ?= serve_config.yaml
 comma := ,
 
-.PHONY: setup serve test test-fast lint plan docs bench clean-venv
+.PHONY: setup serve test test-fast lint plan docs bench redis clean-venv
 
 setup: $(STAMP)
 
@@ -35,12 +35,17 @@ serve: setup
 
 # Both tiers: the fast one (tests/<layer>/: no Ray, no engine) first, then the end-to-end one
 # (tests/e2e/: the real app on Ray and the real engine on CPU, real clients).
-test: setup lint
+test: setup lint redis
 	$(PY) -m pytest
 
 # The fast tier alone, in about a minute.
-test-fast: setup
+test-fast: setup redis
 	$(PY) -m pytest -m "not e2e"
+
+# A real Redis server for the job store's tests: one on PATH, or Debian's package unpacked
+# into .cache/redis (no root needed).
+redis:
+	@cluster/redis.sh install >/dev/null
 
 lint: setup
 	$(PY) -m ruff check .

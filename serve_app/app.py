@@ -26,13 +26,12 @@ logger = get_logger(__name__)
 
 LLMDeployment = serve.deployment(LLMServer)
 LLMIngressDeployment = serve.deployment(serve.ingress()(LLMIngressServer))
-# One replica: it holds the state of every job, for every ingress replica. Many runsync calls
-# wait inside it at once, so its concurrency limit is high; it does no heavy work itself.
-# Every call it gets comes from an ingress that logged the HTTP request already: no access
-# log of its own (two lines per job poll otherwise; its failures are still logged).
+# Job state lives in the job store (JOB_STORE_URL), so its replicas (JOB_QUEUE_REPLICAS) are
+# interchangeable. Many runsync calls wait inside it at once, so its concurrency limit is high;
+# it does no heavy work itself. Every call it gets comes from an ingress that logged the HTTP
+# request already: no access log of its own (its failures are still logged).
 JobQueueDeployment = serve.deployment(
     JobQueue,
-    num_replicas=1,
     max_ongoing_requests=100_000,
     ray_actor_options={"num_cpus": 0},
     logging_config={"enable_access_log": False},
@@ -88,7 +87,9 @@ def build_from_plan(plan: AppPlan) -> Application:
     for model in plan.models:
         for note in model.notes:
             logger.info("%s: %s", model.deployment_name, note)
-    jobs = JobQueueDeployment.bind(plan.jobs, [model.deployment_name for model in plan.models])
+    jobs = JobQueueDeployment.options(num_replicas=plan.jobs.num_replicas).bind(
+        plan.jobs, [model.deployment_name for model in plan.models]
+    )
     if plan.ingress.mode == "llm":
         (model,) = plan.models
         return llm_deployment(model, LLMIngressDeployment, plan.ingress, jobs)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,36 @@ def stop_processes(procs: list[psutil.Process], timeout: float = 20.0) -> None:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(remaining, timeout=5)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real Redis server on a free loopback port for the session (Debian's, unpacked by
+    `make test` with cluster/redis.sh, or one on PATH), stopped when the session ends."""
+    binary = shutil.which("redis-server") or str(REPO / ".cache/redis/bin/redis-server")
+    if not Path(binary).exists():
+        pytest.fail("no redis-server: run `cluster/redis.sh install` (make test does)")
+    port = free_port()
+    data = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _accepts(port), timeout=20)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_processes([psutil.Process(server.pid)])
+        server.wait(timeout=10)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="session")

@@ -222,6 +222,18 @@ class ModelRoutes(BaseModel):
 class JobQueueOptions(BaseModel):
     models: ModelRoutes
     retention_s: float
+    num_replicas: int = 1
+    # JOB_STORE_URL; unset: an SQLite file per application in `store_dir`. Not in plan
+    # output: a Redis URL may carry its password.
+    store_url: str | None = Field(default=None, exclude=True, repr=False)
+    store_dir: str = "jobs"
+    max_queued_jobs: int = 10_000
+    max_output_bytes: int = 64 << 20
+    execution_timeout_s: float | None = 600.0
+
+    def store_for(self, app_name: str) -> str:
+        """The job store's URL for the Serve application `app_name`."""
+        return self.store_url or f"sqlite:///{Path(self.store_dir, app_name)}.sqlite3"
 
 
 class IngressOptions(BaseModel):
@@ -236,6 +248,7 @@ class IngressOptions(BaseModel):
     runsync_timeout_s: float
     endpoint_id: str | None
     max_request_bytes: int
+    job_queue_timeout_s: float = 10.0
     log_job_polls: bool = False
     host: HostTuning = HostTuning()  # for the router ingress: its HTTP writes
     # SHA-256 of API_KEY: the key itself is never stored in Serve's config; not in plan output.
@@ -584,11 +597,21 @@ def build_plan(
             runsync_timeout_s=common["RUNSYNC_TIMEOUT_S"],
             endpoint_id=common["RUNPOD_ENDPOINT_ID"],
             max_request_bytes=common["MAX_REQUEST_BYTES"],
+            job_queue_timeout_s=common["JOB_QUEUE_TIMEOUT_S"],
             log_job_polls=common["LOG_JOB_POLLS"],
             host=host_tuning(common, platform),
             api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
         ),
-        jobs=JobQueueOptions(models=model_routes, retention_s=common["JOB_RETENTION_S"]),
+        jobs=JobQueueOptions(
+            models=model_routes,
+            retention_s=common["JOB_RETENTION_S"],
+            num_replicas=common["JOB_QUEUE_REPLICAS"],
+            store_url=common["JOB_STORE_URL"],
+            store_dir=str(Path(resolve_storage(common).base_path, "jobs")),
+            max_queued_jobs=common["MAX_QUEUED_JOBS"],
+            max_output_bytes=common["MAX_JOB_OUTPUT_BYTES"],
+            execution_timeout_s=common["JOB_EXECUTION_TIMEOUT_S"] or None,
+        ),
         models=models,
     )
 

@@ -1,16 +1,20 @@
 """The job queue: RunPod's job lifecycle, shared by every ingress replica.
 
-A single-replica Serve deployment holds every job's state, so /status, /stream and /cancel
-answer the same from any ingress replica (LLM replicas, or routers with several models). Each
-job runs as a task that streams the job from an LLM deployment through a DeploymentHandle;
-Serve's routing places it on the least busy replica, which runs at most MAX_CONCURRENCY
-generations at once (serve_app/http/admission.py). A job that finds no free slot waits here,
-IN_QUEUE, in its deployment's line (jobs/waiting_line.py): first come, first served, on whichever
-replica has room, one that just started too. A saturated replica is above its autoscaling
-target, so Serve adds replicas.
+Jobs live in a job store (jobs/store.py: SQLite on the node by default, Redis for clusters),
+not in this process, so any job queue replica answers /status, /stream and /cancel for any
+job, and a replica that dies or is replaced by a redeploy loses none: each replica holds a
+lease on the jobs it runs and renews it every few seconds; a job whose lease runs out is
+claimed by a replica that is alive (the restarted one, or another). A claimed job that was
+waiting runs; one that was running without output yet runs again (RunPod's `retried`); one
+that had streamed output ends FAILED, saying the queue restarted (its generation went with
+the process that streamed it).
 
-A job always ends: COMPLETED, FAILED (with the reason, also when its replica or engine dies),
-CANCELLED or TIMED_OUT. Finished jobs are dropped after JOB_RETENTION_S.
+Each job runs as a task that streams the job from an LLM deployment through a handle;
+Serve places it on the least busy replica, which runs at most MAX_CONCURRENCY generations
+at once (serve_app/http/admission.py). A job that finds no free slot waits here, IN_QUEUE,
+in its deployment's line (jobs/waiting_line.py): first come, first served. A job always
+ends: COMPLETED, FAILED (with the reason), CANCELLED or TIMED_OUT; finished jobs are dropped
+after JOB_RETENTION_S.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,193 +41,207 @@ from serve_app.deployments.lora_sync import AdapterRegistry
 from serve_app.deployments.replicas import replica_counts
 from serve_app.http.errors import error_dict
 from serve_app.jobs.inputs import parse_job_input
+from serve_app.jobs.store import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINAL,
+    IN_PROGRESS,
+    IN_QUEUE,
+    TIMED_OUT,
+    JobRecord,
+    JobStore,
+)
+from serve_app.jobs.stores import open_store
 from serve_app.jobs.translate import JobFailed, JobStarted, ReplicaBusy
 from serve_app.jobs.waiting_line import WaitingLine
 from serve_app.logs import get_logger
 
 logger = get_logger(__name__)
 
-IN_QUEUE, IN_PROGRESS = "IN_QUEUE", "IN_PROGRESS"
-COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
-FINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 SWEEP_INTERVAL_S = 10.0
+# A replica renews its leases this often; a job whose lease is this old has lost its replica.
+RENEW_INTERVAL_S = 2.0
+LEASE_S = 10.0
+# /runsync and wait() for a job another replica runs: how often the store is read.
+POLL_INTERVAL_S = 0.1
 # A job refused by a full replica (ReplicaBusy) waits in its deployment's line; at the head it
 # asks again when a job of the deployment ends, or after this long (doubling up to the max).
 BUSY_RETRY_S = 0.05
 BUSY_RETRY_MAX_S = 1.0
+QUEUE_FULL_RETRY_AFTER_S = 5
 
 
 @dataclass
-class Job:
-    id: str
-    input: Any
-    execution_timeout_s: float | None = None
-    ttl_s: float | None = None
-    status: str = IN_QUEUE
-    created: float = field(default_factory=time.monotonic)
-    started: float | None = None
-    finished: float | None = None
-    replica: str | None = None
-    outputs: list[Any] = field(default_factory=list)
-    unread: list[Any] = field(default_factory=list)
-    error: str | None = None
-    failure_output: Any = None
+class LocalJob:
+    """A job this replica runs: its task, and an event set when it ends."""
+
+    record: JobRecord
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
 
-    def start(self, replica: str) -> None:
-        self.status, self.started, self.replica = IN_PROGRESS, time.monotonic(), replica
 
-    def finish(self, status: str, error: str | None = None, output: Any = None) -> None:
-        if self.status in FINAL:
-            return
-        self.status, self.finished, self.error = status, time.monotonic(), error
-        self.failure_output = output
-        self.done.set()
-
-    def view(self) -> dict[str, Any]:
-        """RunPod's status object."""
-        now = time.monotonic()
-        started = self.started or (self.finished if self.status in FINAL else None)
-        body: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "delayTime": round(((started or now) - self.created) * 1000),
-            "executionTime": round(((self.finished or now) - self.started) * 1000)
-            if self.started
-            else 0,
-        }
-        if self.replica is not None:
-            body["workerId"] = self.replica  # the LLM replica that ran it
-        if self.status == COMPLETED:
-            body["output"] = self.outputs
-        elif self.status in FINAL:
-            body["error"] = self.error
-            if self.failure_output is not None:
-                body["output"] = self.failure_output
-        return body
+class QueueFull(Exception):
+    """MAX_QUEUED_JOBS jobs of the endpoint wait already."""
 
 
 class JobQueue:
-    def __init__(self, options: JobQueueOptions, deployments: list[str]):
+    async def __init__(  # type: ignore[misc]
+        self,
+        options: JobQueueOptions,
+        deployments: list[str],
+        store: JobStore | None = None,
+        owner: str | None = None,
+    ):
         self._options = options
         self._deployments = deployments
         self._handles: dict[str, DeploymentHandle] = {}
         self._lines: dict[str, WaitingLine] = collections.defaultdict(WaitingLine)
-        self._jobs: dict[str, Job] = {}
-        self._sweeper: asyncio.Task | None = None
+        self._local: dict[str, LocalJob] = {}
+        self._closing = False
+        if store is None:
+            app = serve.get_replica_context().app_name
+            url = options.store_for(app)
+            store = open_store(url, namespace=app)
+            logger.info("job store: %s", re.sub(r"//[^@/]*@", "//***@", url))  # no password
+        self._store = store
+        self._owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            await self._recover()  # jobs a replica before this one left (its lease ran out)
+        except Exception as exc:
+            raise RuntimeError(
+                f"The job store cannot be reached ({type(exc).__name__}: {exc}); check "
+                "JOB_STORE_URL, or leave it unset for an SQLite file under BASE_PATH"
+            ) from exc
+        self._maintainer = asyncio.create_task(self._maintain(), name="job-leases")
 
     # ------------------------------------------------------------------ API
     async def submit(
         self,
+        endpoint: str,
         job_input: Any,
         *,
         sync: bool = False,
         execution_timeout_s: float | None = None,
         ttl_s: float | None = None,
+        wait_s: float | None = None,
     ) -> dict[str, Any]:
-        """Accept a job and start it in the background. Bad input fails it at once."""
-        self._ensure_sweeper()
-        job_id = f"{'sync-' if sync else ''}{uuid.uuid4()}"
-        job = self._jobs[job_id] = Job(job_id, job_input, execution_timeout_s, ttl_s)
+        """Accept a job and start it in the background; bad input fails it at once. With
+        `wait_s`, the status once the job ends or that time has passed (runsync). A full
+        queue answers {"queue_full": reason} instead."""
+        if await self._store.count_queued(endpoint) >= self._options.max_queued_jobs:
+            return {
+                "queue_full": f"{self._options.max_queued_jobs} jobs wait already "
+                f"(MAX_QUEUED_JOBS); retry after {QUEUE_FULL_RETRY_AFTER_S} s",
+                "retry_after": QUEUE_FULL_RETRY_AFTER_S,
+            }
+        now = time.time()
+        job = JobRecord(
+            id=f"{'sync-' if sync else ''}{uuid.uuid4()}",
+            endpoint=endpoint,
+            input=job_input,
+            created=now,
+            execution_timeout_s=execution_timeout_s or self._options.execution_timeout_s,
+            ttl_s=ttl_s,
+            owner=self._owner,
+            lease_until=now + LEASE_S,
+        )
+        await self._store.create(job)
+        local = self._local[job.id] = LocalJob(job)
+        status = IN_QUEUE
         try:
-            parsed = parse_job_input(job_input)
-            deployment = await self._deployment_for(parsed.model_name)
-        except UnknownModelError as exc:
-            # as the OpenAI routes answer it; an OpenAI-wrapped job also gets the error body
-            job.finish(
-                FAILED,
-                str(exc),
-                error_dict(exc.status, str(exc), **exc.openai_fields())
-                if parsed.openai_route
-                else None,
-            )
-        except ValueError as exc:
-            job.finish(FAILED, f"Invalid job input: {exc}")
-        if job.status == FAILED:
-            logger.info("job %s failed: %s", job_id, job.error)
-            return {"id": job_id, "status": job.status}
-        job.task = asyncio.create_task(self._run(job, deployment), name=f"job-{job_id}")
-        return {"id": job_id, "status": job.status}
+            deployment = await self._deployment_for(job)
+        except _InputError as exc:
+            await self._finish(local, FAILED, exc.message, exc.output)
+            logger.info("job %s failed: %s", job.id, _printable(exc.message))
+            status = FAILED
+        else:
+            local.task = asyncio.create_task(self._run(local, deployment), name=f"job-{job.id}")
+        if wait_s is not None:
+            return await self.wait(endpoint, job.id, wait_s) or {"id": job.id, "status": FAILED}
+        return {"id": job.id, "status": status}
 
-    async def _deployment_for(self, model: str | None) -> str:
-        """The deployment serving `model`: a served name or a start-up LoRA adapter (the plan),
-        or a LoRA adapter loaded at run time (lora_sync.py); UnknownModelError otherwise."""
-        try:
-            return self._options.models.deployment_for(model)
-        except UnknownModelError:
-            if not isinstance(model, str):
-                raise
-            app = serve.get_replica_context().app_name
-            try:
-                adapters = await asyncio.to_thread(AdapterRegistry.by_deployment, app)
-            except Exception:
-                adapters = {}
-            if model in adapters:
-                return adapters[model]
-            raise
+    async def status(self, endpoint: str, job_id: str) -> dict[str, Any] | None:
+        job = await self._get(endpoint, job_id)
+        if job is None:
+            return None
+        return job.view(await self._store.outputs(job_id) if job.status == COMPLETED else None)
 
-    async def status(self, job_id: str) -> dict[str, Any] | None:
-        job = self._jobs.get(job_id)
-        return None if job is None else job.view()
-
-    async def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
+    async def wait(self, endpoint: str, job_id: str, timeout_s: float) -> dict[str, Any] | None:
         """The job's status once it is final, or when `timeout_s` has passed."""
-        job = self._jobs.get(job_id)
+        job = await self._get(endpoint, job_id)
         if job is None:
             return None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(job.done.wait(), timeout_s)
-        return job.view()
+            async with asyncio.timeout(timeout_s):
+                local = self._local.get(job_id)
+                if local is not None:
+                    await local.done.wait()
+                else:  # run by another replica: read the store until it ends
+                    while (await self._status_of(job_id)) not in FINAL:
+                        await asyncio.sleep(POLL_INTERVAL_S)
+        return await self.status(endpoint, job_id)
 
-    async def stream(self, job_id: str) -> dict[str, Any] | None:
-        """The outputs produced since the previous call (each exactly once, in order)."""
-        job = self._jobs.get(job_id)
-        if job is None:
+    async def stream(self, endpoint: str, job_id: str) -> dict[str, Any] | None:
+        """The outputs produced since the previous call (each exactly once, in order); the
+        status is final only in the answer that carries the last outputs."""
+        unread = await self._store.take_unread(job_id, endpoint)
+        if unread is None:
             return None
-        chunks, job.unread = job.unread, []
-        body = {"id": job.id, "status": job.status, "stream": [{"output": c} for c in chunks]}
-        if job.status in FINAL and job.status != COMPLETED:
-            body["error"] = job.error
+        stream = [{"output": item} for item in unread.items]
+        body = {"id": job_id, "status": unread.status, "stream": stream}
+        if unread.status in FINAL and unread.status != COMPLETED:
+            body["error"] = unread.error
         return body
 
-    async def cancel(self, job_id: str) -> dict[str, Any] | None:
-        job = self._jobs.get(job_id)
+    async def cancel(self, endpoint: str, job_id: str) -> dict[str, Any] | None:
+        job = await self._get(endpoint, job_id)
         if job is None:
             return None
         if job.status not in FINAL:
-            job.finish(CANCELLED, "Cancelled by request")
-            if job.task is not None:
-                job.task.cancel()
-        return {"id": job.id, "status": job.status}
+            local = self._local.get(job_id)
+            if local is not None:
+                await self._finish(local, CANCELLED, "Cancelled by request")
+                if local.task is not None:
+                    local.task.cancel()
+            else:  # its replica sees it when it renews its lease, and stops it
+                await self._store.finish(
+                    job_id, CANCELLED, "Cancelled by request", None, time.time()
+                )
+        return {"id": job_id, "status": await self._status_of(job_id)}
 
-    async def purge(self) -> dict[str, Any]:
-        """Cancel every job still waiting in the queue; running jobs go on."""
-        queued = [j for j in self._jobs.values() if j.status == IN_QUEUE]
-        for job in queued:
-            await self.cancel(job.id)
-        return {"removed": len(queued), "status": "completed"}
+    async def purge(self, endpoint: str = "") -> dict[str, Any]:
+        """Cancel every job of the endpoint still waiting in the queue; running jobs go on."""
+        removed = 0
+        for job_id in await self._store.queued(endpoint):
+            local = self._local.get(job_id)
+            if local is not None and local.task is not None:
+                local.task.cancel()
+            removed += await self._store.finish(
+                job_id, CANCELLED, "Removed by purge-queue", None, time.time()
+            )
+        return {"removed": removed, "status": "completed"}
 
     async def stats(self) -> dict[str, Any]:
-        """This replica's process and its jobs by status (for operators and tests)."""
-        counts = collections.Counter(job.status for job in self._jobs.values())
-        return {"pid": os.getpid(), "jobs": dict(counts)}
+        """This replica's process and the jobs it runs by status (for operators and tests)."""
+        counts: collections.Counter[str] = collections.Counter()
+        for job_id in list(self._local):
+            counts[await self._status_of(job_id) or "gone"] += 1
+        return {"pid": os.getpid(), "owner": self._owner, "jobs": dict(counts)}
 
-    async def health(self) -> dict[str, Any]:
-        """RunPod's health object: job counts by state, and LLM replicas (workers)."""
-        counts = dict.fromkeys((COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, CANCELLED, TIMED_OUT), 0)
-        for job in self._jobs.values():
-            counts[job.status] += 1
+    async def health(self, endpoint: str = "") -> dict[str, Any]:
+        """RunPod's health object: the endpoint's job counts, and LLM replicas (workers)."""
+        summary = await self._store.summary(endpoint)
+        counts = summary.counts
         replicas = await asyncio.to_thread(replica_counts, set(self._deployments))
-        busy = len({j.replica for j in self._jobs.values() if j.status == IN_PROGRESS})
-        running = min(busy, replicas["ready"])
+        running = min(summary.busy_replicas, replicas["ready"])
         return {
             "jobs": {
                 "completed": counts[COMPLETED],
                 "failed": counts[FAILED] + counts[TIMED_OUT],
                 "inProgress": counts[IN_PROGRESS],
                 "inQueue": counts[IN_QUEUE],
-                "retried": 0,
+                "retried": summary.retried,
             },
             "workers": {
                 "idle": replicas["ready"] - running,
@@ -233,6 +253,117 @@ class JobQueue:
             },
         }
 
+    def __del__(self) -> Any:
+        """Serve stops this replica (a redeploy, a scale-in): its jobs go to the replicas
+        that stay or start, at once rather than when the leases run out. Serve awaits what
+        this returns; Python's own finalizer call later finds nothing left to do."""
+        if self._closing or not hasattr(self, "_maintainer"):
+            return None
+        self._closing = True
+        return self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._maintainer.cancel()
+        running = [local.task for local in self._local.values() if local.task is not None]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._store.release(self._owner, list(self._local))
+        await self._store.close()
+
+    # ------------------------------------------------------------------ store helpers
+    async def _get(self, endpoint: str, job_id: str) -> JobRecord | None:
+        """The job, if it belongs to `endpoint` (another endpoint id does not see it)."""
+        job = await self._store.get(job_id)
+        return job if job is not None and job.endpoint == endpoint else None
+
+    async def _status_of(self, job_id: str) -> str | None:
+        job = await self._store.get(job_id)
+        return None if job is None else job.status
+
+    async def _finish(
+        self, local: LocalJob, status: str, error: str | None = None, output: Any = None
+    ) -> None:
+        await self._store.finish(local.record.id, status, error, output, time.time())
+        local.done.set()
+        self._local.pop(local.record.id, None)
+
+    async def _deployment_for(self, job: JobRecord) -> str:
+        """The deployment serving the job's model: a served name or a start-up LoRA adapter
+        (the plan), or a LoRA adapter loaded at run time (lora_sync.py); _InputError if the
+        input is bad or names no model served here."""
+        try:
+            parsed = parse_job_input(job.input)
+        except ValueError as exc:
+            raise _InputError(f"Invalid job input: {exc}") from None
+        model = parsed.model_name
+        try:
+            return self._options.models.deployment_for(model)
+        except UnknownModelError as exc:
+            if isinstance(model, str):
+                app = serve.get_replica_context().app_name
+                try:
+                    adapters = await asyncio.to_thread(AdapterRegistry.by_deployment, app)
+                except Exception:
+                    adapters = {}
+                if model in adapters:
+                    return adapters[model]
+            # as the OpenAI routes answer it; an OpenAI-wrapped job also gets the error body
+            output = error_dict(exc.status, str(exc), **exc.openai_fields())
+            raise _InputError(str(exc), output if parsed.openai_route else None) from None
+
+    # ------------------------------------------------------------------ leases
+    async def _maintain(self) -> None:
+        """Renew this replica's leases, stop jobs cancelled through other replicas, take over
+        jobs whose replica is gone, and drop jobs past their retention."""
+        swept = 0.0
+        while True:
+            await asyncio.sleep(RENEW_INTERVAL_S)
+            try:
+                now = time.time()
+                lost = await self._store.renew(self._owner, list(self._local), now + LEASE_S)
+                for job_id in lost:
+                    local = self._local.pop(job_id, None)
+                    if local is not None:
+                        local.done.set()
+                        if local.task is not None:
+                            local.task.cancel()
+                await self._recover()
+                if now - swept > SWEEP_INTERVAL_S:
+                    swept = now
+                    await self._store.expire(now - self._options.retention_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("job store maintenance failed; retrying")
+
+    async def _recover(self) -> None:
+        now = time.time()
+        for job in await self._store.claim_orphans(self._owner, now, now + LEASE_S):
+            if job.status == IN_PROGRESS and job.output_bytes:
+                await self._store.finish(
+                    job.id,
+                    FAILED,
+                    "The job queue replica running this job stopped after the job had "
+                    "produced output; submit the job again",
+                    None,
+                    now,
+                )
+                logger.warning("job %s: its job queue replica stopped mid-stream", job.id)
+                continue
+            if job.status == IN_PROGRESS:
+                await self._store.requeue(job.id)  # no output yet: it runs again
+                job.status, job.retried = IN_QUEUE, job.retried + 1
+            local = self._local[job.id] = LocalJob(job)
+            try:
+                deployment = await self._deployment_for(job)
+            except _InputError as exc:
+                await self._finish(local, FAILED, exc.message, exc.output)
+                continue
+            local.task = asyncio.create_task(self._run(local, deployment), name=f"job-{job.id}")
+            logger.info("job %s taken over from a stopped job queue replica", job.id)
+
     # ------------------------------------------------------------------ running jobs
     def _handle(self, deployment: str) -> DeploymentHandle:
         """The LLM deployment's handle, looked up by name: with one model served, the LLM
@@ -243,11 +374,14 @@ class JobQueue:
             self._handles[deployment] = serve.get_deployment_handle(deployment, app_name)
         return self._handles[deployment]
 
-    async def _run(self, job: Job, deployment: str) -> None:
+    async def _run(self, local: LocalJob, deployment: str) -> None:
+        job = local.record
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + job.ttl_s if job.ttl_s else None
+        deadline = loop.time() + (job.created + job.ttl_s - time.time()) if job.ttl_s else None
         line = self._lines[deployment]
         call = ticket = None
+        status, error, output = COMPLETED, None, None
+        started = False
         try:
             async with asyncio.timeout_at(deadline) as scope:
                 for attempt in itertools.count():
@@ -258,7 +392,12 @@ class JobQueue:
                     call = handle.job.remote(job.input, wait=False)
                     async for item in call:
                         if isinstance(item, JobStarted):
-                            job.start(item.replica)
+                            started = True
+                            if not await self._store.start(job.id, item.replica, time.time()):
+                                call.cancel()  # cancelled meanwhile, through another replica
+                                self._local.pop(job.id, None)
+                                local.done.set()
+                                return
                             if ticket is not None:
                                 ticket.leave()
                                 ticket = None
@@ -268,50 +407,59 @@ class JobQueue:
                         elif isinstance(item, ReplicaBusy):
                             break  # no free slot on the replica Serve chose: still IN_QUEUE
                         elif isinstance(item, JobFailed):
-                            job.finish(FAILED, item.error, item.output)
+                            status, error, output = FAILED, item.error, item.output
                         else:
-                            job.outputs.append(item)
-                            job.unread.append(item)
+                            size = await self._store.append_output(job.id, json.dumps(item))
+                            if size > self._options.max_output_bytes:
+                                call.cancel()
+                                status, error = FAILED, _too_large(self._options)
+                                break
                     else:
                         break  # the job ran
-            job.finish(COMPLETED)
+                    if status == FAILED:
+                        break
         except TimeoutError:
             if call is not None:
                 call.cancel()
-            limit = "executionTimeout" if job.status == IN_PROGRESS else "ttl"
-            job.finish(TIMED_OUT, f"Job exceeded its {limit}")
+            limit = "executionTimeout" if started else "ttl"
+            status, error = TIMED_OUT, f"Job exceeded its {limit}"
         except asyncio.CancelledError:
             if call is not None:
                 call.cancel()
-            job.finish(CANCELLED, "Cancelled by request")
+            if self._closing:  # this replica stops: another one takes the job over
+                return
+            status, error = CANCELLED, "Cancelled by request"
         except RayActorError as exc:
-            job.finish(FAILED, f"The LLM replica running this job died: {_first_line(exc)}")
+            status, error = FAILED, f"The LLM replica running this job died: {_first_line(exc)}"
         except DeploymentUnavailableError:
-            job.finish(FAILED, f"No healthy engine for {deployment}: the deployment failed")
+            status, error = FAILED, f"No healthy engine for {deployment}: the deployment failed"
         except Exception as exc:
             logger.exception("job %s failed", job.id)
-            job.finish(FAILED, f"{type(exc).__name__}: {_first_line(exc)}")
-        if ticket is not None:
-            ticket.leave()
-        if job.started is not None:
-            line.capacity_freed()
-        if job.status != COMPLETED:
-            logger.info("job %s ended %s: %s", job.id, job.status, job.error)
+            status, error = FAILED, f"{type(exc).__name__}: {_first_line(exc)}"
+        finally:
+            if ticket is not None:
+                ticket.leave()
+            if started:
+                line.capacity_freed()
+        if job.id in self._local:
+            await self._finish(local, status, error, output)
+        if status != COMPLETED:
+            logger.info("job %s ended %s: %s", job.id, status, _printable(error))
 
-    # ------------------------------------------------------------------ retention
-    def _ensure_sweeper(self) -> None:
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.create_task(self._sweep())
 
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            cutoff = time.monotonic() - self._options.retention_s
-            expired = [
-                j.id for j in self._jobs.values() if j.finished is not None and j.finished < cutoff
-            ]
-            for job_id in expired:
-                del self._jobs[job_id]
+class _InputError(Exception):
+    def __init__(self, message: str, output: Any = None):
+        super().__init__(message)
+        self.message, self.output = message, output
+
+
+def _too_large(options: JobQueueOptions) -> str:
+    return f"The job's output exceeded {options.max_output_bytes} bytes (MAX_JOB_OUTPUT_BYTES)"
+
+
+def _printable(text: str | None) -> str:
+    """User text (a model name in an error) as one log line: control characters escaped."""
+    return (text or "").encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ engine validates it again when it runs (the serverless worker has no queue).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -147,3 +148,15 @@ def request_limits(body: Any) -> dict[str, float | None]:
             raise ValueError(f"{key} must be a positive number of milliseconds, got {value!r}")
         limits[name] = value / 1000
     return limits
+
+
+def check_encodable(body: Any) -> None:
+    """ValueError if the body holds text no response could carry back (a lone surrogate,
+    which JSON's \\u escapes can spell): the job would fail every later /status."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"The request body holds text that is not valid Unicode: {exc.reason} at "
+            f"character {exc.start} of its JSON"
+        ) from None

@@ -4,6 +4,7 @@ with RunPod's error shape (`{"error": "..."}`). Included by every ingress replic
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -16,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.plan import IngressOptions
 from serve_app.http.app import error_response, unknown_endpoint
-from serve_app.jobs.inputs import JobInput, request_limits
+from serve_app.jobs.inputs import JobInput, check_encodable, request_limits
 from serve_app.logs import get_logger, quiet_access_log
 
 logger = get_logger(__name__)
@@ -24,6 +25,8 @@ logger = get_logger(__name__)
 # RunPod's job polls: every waiting client sends one per job every second or faster.
 STATUS_ROUTE = "/v2/{endpoint_id}/status/{job_id}"
 STREAM_ROUTE = "/v2/{endpoint_id}/stream/{job_id}"
+# The longest a /runsync call waits for its job (RunPod's `wait` goes up to 300,000 ms).
+MAX_WAIT_S = 300.0
 
 
 def runpod_error(status: int, message: str) -> Response:
@@ -63,15 +66,27 @@ def job_routes(options: IngressOptions, jobs: DeploymentHandle) -> APIRouter:
         quiet_access_log({STATUS_ROUTE, STREAM_ROUTE})
     router = APIRouter()
 
-    async def job_call(endpoint_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the job queue; a JSONResponse if that cannot be done."""
+    async def job_call(
+        endpoint_id: str, method: str, *args: Any, wait_s: float | None = None, **kwargs: Any
+    ) -> Any:
+        """Call the job queue for `endpoint_id`'s jobs; a JSONResponse if that cannot be done
+        within JOB_QUEUE_TIMEOUT_S (plus the time the call is asked to wait)."""
         if unknown := unknown_endpoint(endpoint_id, options.endpoint_id):
             return runpod_error(404, unknown)
+        if wait_s is not None:
+            kwargs["wait_s"] = wait_s
+        timeout_s = options.job_queue_timeout_s + (wait_s or 0)
         try:
-            return await getattr(jobs, method).remote(*args, **kwargs)
+            return await asyncio.wait_for(
+                getattr(jobs, method).remote(endpoint_id, *args, **kwargs), timeout_s
+            )
+        except TimeoutError:
+            logger.warning("the job queue did not answer %s within %.0f s", method, timeout_s)
         except (RayActorError, DeploymentUnavailableError, BackPressureError) as exc:
             logger.warning("job queue unavailable: %s", exc)
-            return runpod_error(503, "The job queue is unavailable; retry shortly")
+        except Exception as exc:  # the job store failed (RayTaskError wraps its error)
+            logger.warning("job queue call %s failed: %s", method, _first_line(exc))
+        return runpod_error(503, "The job queue is unavailable; retry shortly")
 
     def found(result: Any, job_id: str) -> Any:
         if result is None:
@@ -81,16 +96,30 @@ def job_routes(options: IngressOptions, jobs: DeploymentHandle) -> APIRouter:
             )
         return result
 
-    async def submit(endpoint_id: str, request: Request, sync: bool) -> Any:
+    async def submit(
+        endpoint_id: str, request: Request, sync: bool, wait_ms: int | None = None
+    ) -> Any:
         try:
             body = json.loads(await request.body())
         except (ValueError, RecursionError) as exc:
-            return runpod_error(400, f"The request body is not valid JSON: {exc}")
+            return runpod_error(400, f"The request body is not valid JSON: {_first_line(exc)}")
         try:
             limits = request_limits(body)
+            check_encodable(body)
         except ValueError as exc:
             return runpod_error(400, str(exc))
-        return await job_call(endpoint_id, "submit", body["input"], sync=sync, **limits)
+        wait_s = None
+        if sync:
+            wait_s = options.runsync_timeout_s if wait_ms is None else wait_ms / 1000
+            wait_s = min(max(0.0, wait_s), MAX_WAIT_S)
+        submitted = await job_call(
+            endpoint_id, "submit", body["input"], sync=sync, wait_s=wait_s, **limits
+        )
+        if isinstance(submitted, dict) and "queue_full" in submitted:
+            response = runpod_error(429, submitted["queue_full"])
+            response.headers["Retry-After"] = str(submitted["retry_after"])
+            return response
+        return submitted
 
     body = _job_body_schema()
 
@@ -100,13 +129,9 @@ def job_routes(options: IngressOptions, jobs: DeploymentHandle) -> APIRouter:
 
     @router.post("/v2/{endpoint_id}/runsync", openapi_extra=body)
     async def runsync(endpoint_id: str, request: Request, wait: int | None = None) -> Any:
-        """Wait up to RUNSYNC_TIMEOUT_S (or `wait` ms) for the job; then its id to poll."""
-        submitted = await submit(endpoint_id, request, sync=True)
-        if isinstance(submitted, Response):
-            return submitted
-        timeout_s = wait / 1000 if wait is not None else options.runsync_timeout_s
-        waited = await job_call(endpoint_id, "wait", submitted["id"], max(0.0, timeout_s))
-        return found(waited, submitted["id"])
+        """Wait up to RUNSYNC_TIMEOUT_S (or `wait` ms, at most 300 s) for the job; then its id
+        to poll."""
+        return await submit(endpoint_id, request, sync=True, wait_ms=wait)
 
     @router.get(STATUS_ROUTE)
     @router.post(STATUS_ROUTE)
@@ -131,3 +156,8 @@ def job_routes(options: IngressOptions, jobs: DeploymentHandle) -> APIRouter:
         return await job_call(endpoint_id, "health")
 
     return router
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

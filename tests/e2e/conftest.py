@@ -48,7 +48,7 @@ class ServeCluster:
         plan = build_plan(env, args, engine_args=vllm_args)
         serve.run(build_from_plan(plan), name=name, route_prefix="/", blocking=False)
         wait_until_running(name)
-        return DeployedApp(self, name, plan)
+        return DeployedApp(self, name, plan, env)
 
     @contextlib.contextmanager
     def deployed(self, env: dict[str, str], args: dict[str, Any] | None = None):
@@ -68,6 +68,7 @@ class DeployedApp:
     cluster: ServeCluster
     name: str
     plan: Any
+    env: dict[str, str]
 
     @property
     def base_url(self) -> str:

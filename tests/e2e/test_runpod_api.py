@@ -1,15 +1,18 @@
 """RunPod's job API end to end: the real app and engine on CPU, the `runpod` SDK as the client.
 
 The app (one model: its LLM replica is the HTTP ingress) runs with MAX_CONCURRENCY=2 (so jobs
-queue), an API key, and a fixed endpoint id. Job state shared by several ingress replicas is
-tested with the router ingress in test_scaling.py.
+queue), MAX_QUEUED_JOBS=6, an API key, and a fixed endpoint id; its jobs are in the default
+store (SQLite under BASE_PATH), which outlives the job queue's process and a redeploy. Jobs
+shared by several ingress and job queue replicas (Redis): test_scaling.py.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import runpod
@@ -31,6 +34,7 @@ def app(serve_cluster, tiny_model: Path, tmp_path_factory):
         "MODEL_NAME": str(tiny_model),
         "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
         "MAX_CONCURRENCY": "2",
+        "MAX_QUEUED_JOBS": "6",
         "API_KEY": API_KEY,
         "RUNPOD_ENDPOINT_ID": ENDPOINT,
         "BASE_PATH": str(tmp_path_factory.mktemp("base")),
@@ -317,3 +321,96 @@ def test_api_key_is_required_on_every_route_but_health(app):
 
     client = app.openai(f"/v2/{ENDPOINT}/openai/v1", api_key=API_KEY)
     assert [m.id for m in client.models.list()] == ["tiny"]
+
+
+# ---------------------------------------------------------------- bounds and hardening
+def test_a_flood_past_max_queued_jobs_gets_429_and_loses_nothing_accepted(app):
+    accepted, refused = [], []
+    for i in range(12):
+        body = {"input": {"prompt": f"flood {i}", "sampling_params": LONG}}
+        response = api(app, "POST", "run", json=body)
+        (refused if response.status_code == 429 else accepted).append(response)
+    assert 6 <= len(accepted) <= 8 and len(refused) >= 4  # 2 run, 6 wait, the rest refused
+    for response in refused:
+        assert int(response.headers["Retry-After"]) > 0
+        assert "MAX_QUEUED_JOBS" in response.json()["error"]
+    ids = [response.json()["id"] for response in accepted]
+    for job_id in ids:
+        api(app, "POST", f"cancel/{job_id}")
+    assert {api(app, "GET", f"status/{i}").json()["status"] for i in ids} == {"CANCELLED"}
+    wait_for(lambda: app.engine_requests() == 0, timeout=10)
+
+
+def test_unencodable_text_and_deep_nesting_are_400_and_user_text_is_escaped_in_logs(app):
+    surrogate = api(app, "POST", "run", data=b'{"input": {"prompt": "\\ud800"}}')
+    assert surrogate.status_code == 400 and "not valid Unicode" in surrogate.json()["error"]
+    deep = b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert api(app, "POST", "run", data=deep).status_code == 400
+
+    forged = "x\nFORGED-LOG-LINE"
+    body = {"input": {"model": forged, "prompt": "hi"}}
+    failed = api(app, "POST", "runsync", json=body).json()
+    assert failed["status"] == "FAILED" and forged in failed["error"]
+    wait_for(lambda: "x\\nFORGED-LOG-LINE" in replicas_stderr(), timeout=30)
+    assert "\nFORGED-LOG-LINE" not in replicas_stderr()
+
+
+# ---------------------------------------------------------------- durability
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+MID = {"max_tokens": 400, **GREEDY}  # a few seconds each
+
+
+def wait_all_final(app, ids: list[str], timeout: float) -> dict[str, dict]:
+    """Poll every job until all are final: 503 is allowed while the job queue restarts,
+    404 (a lost job) never."""
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job_id in ids:
+            response = api(app, "GET", f"status/{job_id}")
+            assert response.status_code in (200, 503), (job_id, response.text)
+            if response.status_code == 200:
+                seen[job_id] = response.json()
+        if len(seen) == len(ids) and all(s["status"] in FINAL for s in seen.values()):
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"jobs not final after {timeout} s: {seen}")
+
+
+def test_killing_the_job_queue_loses_no_job(app):
+    run = lambda body: api(app, "POST", "run", json={"input": body}).json()["id"]  # noqa: E731
+    streamed = run({"prompt": "streamed", "stream": True, "sampling_params": MID})
+    plain = [run({"prompt": f"plain {i}", "sampling_params": MID}) for i in range(3)]
+    wait_for(lambda: api(app, "GET", f"status/{streamed}").json()["status"] == "IN_PROGRESS")
+    time.sleep(1)  # the streamed job has output by now; one plain job runs, two wait
+    queue = psutil.Process(app.handle("JobQueue").stats.remote().result()["pid"])
+    queue.kill()
+    killed_at = time.monotonic()
+
+    final = wait_all_final(app, [streamed, *plain], timeout=240)
+    print(f"\nall jobs final {time.monotonic() - killed_at:.0f} s after the kill")
+    assert all(final[job_id]["status"] == "COMPLETED" for job_id in plain), final
+    assert all(final[job_id]["output"][0]["usage"]["output"] == 400 for job_id in plain)
+    # its output went with the killed process: it ends, saying why
+    assert final[streamed]["status"] in ("COMPLETED", "FAILED")
+    if final[streamed]["status"] == "FAILED":
+        assert "job queue" in final[streamed]["error"]
+    new_pid = app.handle("JobQueue").stats.remote().result()["pid"]
+    assert new_pid != queue.pid
+    wait_for(lambda: app.engine_requests() == 0, timeout=60)
+
+
+def test_a_redeploy_with_a_changed_setting_keeps_every_job(app, serve_cluster):
+    done = api(
+        app,
+        "POST",
+        "runsync",
+        json={"input": {"prompt": "before", "sampling_params": {"max_tokens": 3, **GREEDY}}},
+    ).json()
+    assert done["status"] == "COMPLETED"
+    waiting = api(app, "POST", "run", json={"input": {"prompt": "across", "sampling_params": MID}})
+    serve_cluster.deploy(app.env, {"JOB_RETENTION_S": 3600}, name=app.name)
+    final = wait_all_final(app, [done["id"], waiting.json()["id"]], timeout=240)
+    assert final[done["id"]]["output"] == done["output"]  # still readable, whole
+    ended = final[waiting.json()["id"]]
+    assert ended["status"] == "COMPLETED" or "job queue" in ended["error"], ended

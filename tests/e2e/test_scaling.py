@@ -1,6 +1,7 @@
 """Several models behind one router ingress (two replicas): listing and routing by `model`,
-job state shared by the router replicas, and a model scaled to zero that starts on demand —
-read from Serve's own status, on the real engine on CPU. Autoscaling by load with one model
+job state shared by the router replicas and by two job queue replicas on a real Redis, jobs
+scoped to their endpoint id, and a model scaled to zero that starts on demand — read from
+Serve's own status, on the real engine on CPU. Autoscaling by load with one model
 (the LLM replicas as the ingress): test_autoscaling.py."""
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ import pytest
 import requests
 from ray import serve
 
+from tests.conftest import wait_for
+
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def app(serve_cluster, tiny_model: Path, tiny_tp_model: Path, tmp_path_factory):
+def app(serve_cluster, tiny_model: Path, tiny_tp_model: Path, tmp_path_factory, redis_url):
     env = {
         "BASE_PATH": str(tmp_path_factory.mktemp("base")),
         "DISABLE_LOG_STATS": "1",
         "INGRESS_REPLICAS": "2",
+        "JOB_STORE_URL": redis_url,
+        "JOB_QUEUE_REPLICAS": "2",
     }
     args = {
         "models": [
@@ -61,6 +66,53 @@ def test_job_state_is_shared_by_every_ingress_replica(app):
     # HAProxy spreads these over both ingress replicas; every one must know the job.
     for _ in range(20):
         assert requests.get(url + f"status/{job_id}", timeout=30).json()["id"] == job_id
+
+
+JOB = {"model": "tiny-a", "prompt": "x", "sampling_params": {"max_tokens": 2}}
+
+
+def job_queue_owners(app) -> set[str]:
+    """The job queue replicas that answer: Serve spreads calls over all of them."""
+    handle = app.handle("JobQueue")
+    return {handle.stats.remote().result()["owner"] for _ in range(30)}
+
+
+def test_two_job_queue_replicas_on_redis_answer_for_each_others_jobs(app):
+    wait_for(lambda: len(job_queue_owners(app)) == 2, timeout=60)
+    url = f"{app.base_url}/v2/shared/"
+    ids = [
+        requests.post(url + "run", json={"input": JOB}, timeout=30).json()["id"] for _ in range(8)
+    ]
+    statuses: dict[str, str] = {}
+    for _ in range(100):  # each poll reaches either queue replica; each job lives in one
+        for job_id in ids:
+            response = requests.get(url + f"status/{job_id}", timeout=30)
+            assert response.status_code == 200, response.text
+            statuses[job_id] = response.json()["status"]
+        if set(statuses.values()) == {"COMPLETED"}:
+            break
+        time.sleep(0.2)
+    assert set(statuses.values()) == {"COMPLETED"}
+    # runsync answers whichever replica runs it; the output is stored once
+    synced = requests.post(url + "runsync", json={"input": JOB}, timeout=60).json()
+    assert synced["status"] == "COMPLETED" and synced["output"][0]["usage"]["output"] == 2
+
+
+def test_jobs_belong_to_the_endpoint_id_they_were_submitted_under(app):
+    base = f"{app.base_url}/v2/"
+    long = {**JOB, "sampling_params": {"max_tokens": 30000, "ignore_eos": True}}
+    job_id = requests.post(base + "A/run", json={"input": long}, timeout=30).json()["id"]
+    wait_for(lambda: requests.get(base + f"A/status/{job_id}", timeout=30).status_code == 200)
+    for path in (f"status/{job_id}", f"stream/{job_id}"):
+        assert requests.get(base + "B/" + path, timeout=30).status_code == 404
+    assert requests.post(base + f"B/cancel/{job_id}", timeout=30).status_code == 404
+    assert requests.post(base + "B/purge-queue", timeout=30).json()["removed"] == 0
+    health_b = requests.get(base + "B/health", timeout=30).json()["jobs"]
+    assert health_b["inProgress"] == 0 and health_b["inQueue"] == 0
+    health_a = requests.get(base + "A/health", timeout=30).json()["jobs"]
+    assert health_a["inProgress"] + health_a["inQueue"] == 1
+    cancelled = requests.post(base + f"A/cancel/{job_id}", timeout=30).json()
+    assert cancelled["status"] == "CANCELLED"
 
 
 def test_a_model_scaled_to_zero_starts_on_demand(app):
