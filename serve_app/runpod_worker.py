@@ -51,7 +51,7 @@ class Worker:
                     vllm_engine.freeze_startup_heap()
                     serve = self.model.serve
                     slots = GenerationSlots(serve.max_concurrency, serve.max_queued_requests)
-                    api = ModelApi(self.engine.app, slots)
+                    api = ModelApi(self.engine.app, slots, serve.max_n)
                     name = self.model.served_model_names[0]
                     self._runner = JobRunner(api, slots, name, self.model.jobs, "worker")
         return self._runner

@@ -94,6 +94,9 @@ class ServeOptions(BaseModel):
 
     max_concurrency: int  # generations a replica runs at once (serve_app/http/admission.py)
     max_queued_requests: int  # generations that may wait for one of those slots
+    # an engine with requests but no step for this long is stopped, and the replica replaced
+    engine_stall_timeout_s: float | None = 120.0
+    max_n: int = 128  # choices (`n`) one request may ask for
     autoscaling: Autoscaling
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
@@ -505,6 +508,8 @@ def build_model_deployment(
         serve=ServeOptions(
             max_concurrency=values["MAX_CONCURRENCY"],
             max_queued_requests=values["MAX_QUEUED_REQUESTS"],
+            engine_stall_timeout_s=values["ENGINE_STALL_TIMEOUT_S"] or None,
+            max_n=values["MAX_N"],
             autoscaling=autoscaling,
             placement=placement,
             check_placement=not values["SKIP_PLACEMENT_CHECK"],

@@ -32,8 +32,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app import host
 from serve_app.config.plan import IngressOptions, UnknownModelError
+from serve_app.deployments import replicas
 from serve_app.deployments.lora_sync import AdapterRegistry
-from serve_app.deployments.replicas import deployment_states
 from serve_app.http.app import build_http_app, error_response
 from serve_app.http.asgi import HttpRequest, HttpStart, Receive, Scope, Send
 from serve_app.http.errors import sse_error
@@ -88,7 +88,7 @@ class Ingress:
         """Keep the LLM deployments' states (running replicas) a few seconds fresh."""
         while True:
             try:
-                self._states = await asyncio.to_thread(deployment_states, set(self._llms))
+                self._states = await replicas.states(set(self._llms))
             except Exception as exc:  # the controller is restarting: keep the last view
                 logger.warning("cannot read deployment states: %s", exc)
             await asyncio.sleep(STATE_POLL_S)
@@ -100,7 +100,7 @@ class Ingress:
         if state is None or state["running_replicas"] > 0:
             return False
         try:
-            self._states = await asyncio.to_thread(deployment_states, set(self._llms))
+            self._states = await replicas.states(set(self._llms))
         except Exception:  # Serve's controller is restarting: try the deployment anyway
             return False
         state = self._states.get(deployment)
@@ -313,7 +313,7 @@ class Ingress:
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when every LLM deployment has a running replica."""
         try:
-            states = await asyncio.to_thread(deployment_states, set(self._llms))
+            states = await replicas.states(set(self._llms))
         except Exception as exc:  # Serve's controller is restarting
             return False, {"deployments": {}, "error": f"Serve's status unavailable: {exc}"}
         ready = bool(states) and all(s["running_replicas"] > 0 for s in states.values())

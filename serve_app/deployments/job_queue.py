@@ -37,8 +37,8 @@ from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.plan import JobQueueOptions, UnknownModelError
+from serve_app.deployments import replicas
 from serve_app.deployments.lora_sync import AdapterRegistry
-from serve_app.deployments.replicas import replica_counts
 from serve_app.http.errors import error_dict
 from serve_app.jobs.inputs import parse_job_input
 from serve_app.jobs.store import (
@@ -70,6 +70,8 @@ POLL_INTERVAL_S = 0.1
 BUSY_RETRY_S = 0.05
 BUSY_RETRY_MAX_S = 1.0
 QUEUE_FULL_RETRY_AFTER_S = 5
+# A job whose replica or engine dies before it produced output runs again, this many times.
+MAX_RETRIES = 2
 
 
 @dataclass
@@ -233,8 +235,8 @@ class JobQueue:
         """RunPod's health object: the endpoint's job counts, and LLM replicas (workers)."""
         summary = await self._store.summary(endpoint)
         counts = summary.counts
-        replicas = await asyncio.to_thread(replica_counts, set(self._deployments))
-        running = min(summary.busy_replicas, replicas["ready"])
+        workers = await replicas.counts(set(self._deployments))
+        running = min(summary.busy_replicas, workers["ready"])
         return {
             "jobs": {
                 "completed": counts[COMPLETED],
@@ -244,12 +246,12 @@ class JobQueue:
                 "retried": summary.retried,
             },
             "workers": {
-                "idle": replicas["ready"] - running,
-                "initializing": replicas["initializing"],
-                "ready": replicas["ready"],
+                "idle": workers["ready"] - running,
+                "initializing": workers["initializing"],
+                "ready": workers["ready"],
                 "running": running,
                 "throttled": 0,
-                "unhealthy": replicas["unhealthy"],
+                "unhealthy": workers["unhealthy"],
             },
         }
 
@@ -381,7 +383,8 @@ class JobQueue:
         line = self._lines[deployment]
         call = ticket = None
         status, error, output = COMPLETED, None, None
-        started = False
+        started = produced = False
+        retries = 0
         try:
             async with asyncio.timeout_at(deadline) as scope:
                 for attempt in itertools.count():
@@ -390,32 +393,47 @@ class JobQueue:
                         await ticket.turn(min(BUSY_RETRY_MAX_S, BUSY_RETRY_S * 2**attempt))
                     handle = self._handle(deployment).options(stream=True)
                     call = handle.job.remote(job.input, wait=False)
-                    async for item in call:
-                        if isinstance(item, JobStarted):
-                            started = True
-                            if not await self._store.start(job.id, item.replica, time.time()):
-                                call.cancel()  # cancelled meanwhile, through another replica
-                                self._local.pop(job.id, None)
-                                local.done.set()
-                                return
-                            if ticket is not None:
-                                ticket.leave()
-                                ticket = None
-                            if job.execution_timeout_s:
-                                end = loop.time() + job.execution_timeout_s
-                                scope.reschedule(min(end, deadline) if deadline else end)
-                        elif isinstance(item, ReplicaBusy):
-                            break  # no free slot on the replica Serve chose: still IN_QUEUE
-                        elif isinstance(item, JobFailed):
-                            status, error, output = FAILED, item.error, item.output
+                    try:
+                        async for item in call:
+                            if isinstance(item, JobStarted):
+                                started = True
+                                now = time.time()
+                                if not await self._store.start(job.id, item.replica, now):
+                                    call.cancel()  # cancelled meanwhile, through another replica
+                                    self._local.pop(job.id, None)
+                                    local.done.set()
+                                    return
+                                if ticket is not None:
+                                    ticket.leave()
+                                    ticket = None
+                                if job.execution_timeout_s:
+                                    end = loop.time() + job.execution_timeout_s
+                                    scope.reschedule(min(end, deadline) if deadline else end)
+                            elif isinstance(item, ReplicaBusy):
+                                break  # no free slot on the replica Serve chose: still IN_QUEUE
+                            elif isinstance(item, JobFailed):
+                                if not produced and _engine_died(item) and retries < MAX_RETRIES:
+                                    raise _Retry(item.error)
+                                status, error, output = FAILED, item.error, item.output
+                            else:
+                                produced = True
+                                size = await self._store.append_output(job.id, json.dumps(item))
+                                if size > self._options.max_output_bytes:
+                                    call.cancel()
+                                    status, error = FAILED, _too_large(self._options)
+                                    break
                         else:
-                            size = await self._store.append_output(job.id, json.dumps(item))
-                            if size > self._options.max_output_bytes:
-                                call.cancel()
-                                status, error = FAILED, _too_large(self._options)
-                                break
-                    else:
-                        break  # the job ran
+                            break  # the job ran
+                    except (RayActorError, _Retry) as exc:
+                        if produced or retries >= MAX_RETRIES:
+                            raise
+                        # its replica or engine died before the job produced anything: it
+                        # runs again on another replica (RunPod's `retried`)
+                        retries += 1
+                        started = False
+                        await self._store.requeue(job.id)
+                        logger.info("job %s retried: %s", job.id, _printable(_first_line(exc)))
+                        continue
                     if status == FAILED:
                         break
         except TimeoutError:
@@ -431,6 +449,8 @@ class JobQueue:
             status, error = CANCELLED, "Cancelled by request"
         except RayActorError as exc:
             status, error = FAILED, f"The LLM replica running this job died: {_first_line(exc)}"
+        except _Retry as exc:
+            status, error = FAILED, str(exc)
         except DeploymentUnavailableError:
             status, error = FAILED, f"No healthy engine for {deployment}: the deployment failed"
         except Exception as exc:
@@ -445,6 +465,17 @@ class JobQueue:
             await self._finish(local, status, error, output)
         if status != COMPLETED:
             logger.info("job %s ended %s: %s", job.id, status, _printable(error))
+
+
+class _Retry(Exception):
+    """The job's replica answered that its engine died, before the job produced output."""
+
+
+def _engine_died(failed: JobFailed) -> bool:
+    """A failure that is the replica's, not the job's: the engine was dead (503)."""
+    body = failed.output if isinstance(failed.output, dict) else {}
+    error = body.get("error")
+    return isinstance(error, dict) and error.get("code") in (503, "service_unavailable")
 
 
 class _InputError(Exception):

@@ -29,9 +29,8 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import host
 from serve_app.config.plan import IngressOptions, ModelDeployment
-from serve_app.deployments import engine_reaper
+from serve_app.deployments import engine_reaper, replicas
 from serve_app.deployments.lora_sync import AdapterRegistry, LoraSync
-from serve_app.deployments.replicas import deployment_states
 from serve_app.engine import vllm_engine
 from serve_app.engine.protocol import Engine
 from serve_app.http import asgi
@@ -41,6 +40,7 @@ from serve_app.http.asgi import ASGIApp
 from serve_app.http.model_api import ModelApi
 from serve_app.jobs.routes import job_routes
 from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.translate import ReplicaBusy
 from serve_app.logs import get_logger
 
 logger = get_logger(__name__)
@@ -61,7 +61,7 @@ class LLMServer:
         self.model = model
         self._engine = engine = await vllm_engine.start(model)
         self.slots = GenerationSlots(model.serve.max_concurrency, model.serve.max_queued_requests)
-        api: ASGIApp = ModelApi(engine.app, self.slots)
+        api: ASGIApp = ModelApi(engine.app, self.slots, model.serve.max_n)
         if model.runtime_lora_updating:
             context = serve.get_replica_context()
             lora = LoraSync(api, AdapterRegistry(context.app_name, model.deployment_name))
@@ -89,7 +89,11 @@ class LLMServer:
                 yield item
 
     async def job(self, job_input: Any, wait: bool = True) -> AsyncIterator[Any]:
-        """A RunPod job (jobs/runner.py)."""
+        """A RunPod job (jobs/runner.py). A replica whose engine died takes none: the job
+        queue offers it again (to the replica that replaces this one, or another)."""
+        if not wait and not await self._engine_alive():
+            yield ReplicaBusy()
+            return
         async with contextlib.aclosing(self._jobs.run(job_input, wait=wait)) as items:
             async for item in items:
                 yield item
@@ -111,6 +115,13 @@ class LLMServer:
             "waiting": self.slots.waiting,
         }
 
+    async def _engine_alive(self) -> bool:
+        try:
+            await self.check_health()
+        except Exception:
+            return False
+        return True
+
     async def check_health(self) -> None:
         """Raises if the engine is dead (Serve then replaces this replica)."""
         if self._engine is None:
@@ -123,7 +134,7 @@ class LLMServer:
         name = self.model.deployment_name
         replica = {"replica": replica_id()}
         try:
-            states = await asyncio.to_thread(deployment_states, {name})
+            states = await replicas.states({name})
         except Exception as exc:  # the controller is restarting: this replica still answers
             states = {name: {"status": f"unknown ({type(exc).__name__})"}}
         try:

@@ -1,13 +1,33 @@
 """What Ray Serve reports about this application's LLM deployments (called from replicas).
 
-Blocking calls to Serve's controller: run them in a thread (`asyncio.to_thread`).
+Blocking calls to Serve's controller, each made in a thread and given CONTROLLER_TIMEOUT_S:
+`states` and `counts` for the event loop; a controller that is restarting or hung must
+not hold up /health or a job's status.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ray import serve
+
+CONTROLLER_TIMEOUT_S = 5.0
+
+
+async def states(names: set[str]) -> dict[str, dict[str, Any]]:
+    """deployment_states, bounded: TimeoutError if the controller does not answer in time."""
+    return await asyncio.wait_for(asyncio.to_thread(deployment_states, names), CONTROLLER_TIMEOUT_S)
+
+
+async def counts(names: set[str]) -> dict[str, int]:
+    """replica_counts, bounded: zeros if the controller does not answer in time."""
+    try:
+        return await asyncio.wait_for(
+            asyncio.to_thread(replica_counts, names), CONTROLLER_TIMEOUT_S
+        )
+    except TimeoutError:
+        return {"ready": 0, "initializing": 0, "unhealthy": 0}
 
 
 def _deployments() -> dict[str, Any]:

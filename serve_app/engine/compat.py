@@ -27,6 +27,7 @@ REQUIRED = (
     "vllm.AsyncLLMEngine.shutdown",
     "vllm.AsyncLLMEngine.do_log_stats",
     "vllm.AsyncLLMEngine.errored",
+    "vllm.v1.engine.core_client.AsyncMPClient.get_output_async",  # the stall watch's step clock
     "vllm.engine.arg_utils.AsyncEngineArgs.from_cli_args",
     "vllm.engine.arg_utils.AsyncEngineArgs.create_engine_config",
     "vllm.entrypoints.launchers.app.build_app",

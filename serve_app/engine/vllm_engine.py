@@ -15,6 +15,7 @@ application does (http/model_api.py gives every error its protocol's shape).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import time
@@ -128,13 +129,89 @@ class _NoServer:
     should_exit = False
 
 
+class StallWatch:
+    """Notices an engine that has requests but finishes no step for `timeout_s` (its engine
+    core hung: stopped, deadlocked, a stuck device) and kills its engine core, so that the
+    engine is dead the way vLLM reports it: its streams end with an error event and the
+    health check fails, and Serve replaces the replica. vLLM's own check_health only reads
+    an error flag that a hung process never sets.
+
+    The step clock: each EngineCoreOutputs the AsyncLLM pulls from its engine core (one
+    call per step, not per token) stamps the time.
+    """
+
+    def __init__(self, engine: Any, timeout_s: float):
+        self._engine = engine
+        self._timeout_s = timeout_s
+        self.last_step = time.monotonic()
+        core = engine.engine_core
+        pull = core.get_output_async
+
+        async def stamped() -> Any:
+            outputs = await pull()
+            self.last_step = time.monotonic()
+            return outputs
+
+        core.get_output_async = stamped
+        self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        interval = min(5.0, self._timeout_s / 4)
+        while not self._engine.errored:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if not self._engine.get_num_unfinished_requests():
+                self.last_step = now  # idle is not hung
+                continue
+            if now - self.last_step > self._timeout_s:
+                self._stop_engine_core(now - self.last_step)
+                return
+
+    def _stop_engine_core(self, stalled_s: float) -> None:
+        import psutil
+
+        cores = [
+            p
+            for p in psutil.Process().children()
+            if "EngineCore" in " ".join(_cmdline(p)) or "EngineCore" in _name(p)
+        ]
+        logger.error(
+            "the engine made no step for %.0f s with %d requests (ENGINE_STALL_TIMEOUT_S=%g): "
+            "stopping its engine core (pid %s) so Serve replaces this replica",
+            stalled_s,
+            self._engine.get_num_unfinished_requests(),
+            self._timeout_s,
+            ", ".join(str(p.pid) for p in cores) or "not found",
+        )
+        for process in cores:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+def _cmdline(process: Any) -> list[str]:
+    try:
+        return process.cmdline()
+    except Exception:
+        return []
+
+
+def _name(process: Any) -> str:
+    try:
+        return process.name()
+    except Exception:
+        return ""
+
+
 class VLLMEngine:
     """One AsyncLLM and vLLM's FastAPI app for it (an `engine.protocol.Engine`)."""
 
-    def __init__(self, engine: Any, app: Any, tasks: tuple[str, ...]):
+    def __init__(
+        self, engine: Any, app: Any, tasks: tuple[str, ...], stall_timeout_s: float | None = None
+    ):
         self._engine = engine
         self._app = app
         self._tasks = tasks
+        self._stall_watch = StallWatch(engine, stall_timeout_s) if stall_timeout_s else None
         self._stats_task = (
             asyncio.get_running_loop().create_task(self._log_stats_periodically())
             if getattr(engine, "log_stats", False)
@@ -187,6 +264,8 @@ class VLLMEngine:
         task, self._stats_task = self._stats_task, None
         if task is not None:
             task.cancel()
+        if self._stall_watch is not None:
+            self._stall_watch.task.cancel()
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
@@ -219,7 +298,7 @@ async def start(model: ModelDeployment) -> VLLMEngine:
         ", ".join(model.model_names),
         ", ".join(tasks),
     )
-    return VLLMEngine(engine, app, tasks)
+    return VLLMEngine(engine, app, tasks, model.serve.engine_stall_timeout_s)
 
 
 def freeze_startup_heap() -> None:

@@ -240,12 +240,39 @@ def _conform_error_events(chunk: bytes) -> bytes:
     return b"\n\n".join(events)
 
 
+# `"n": <digits>` anywhere in a body: only then is a body not parsed already read whole.
+_N_FIELD = re.compile(rb'"n"\s*:\s*(\d+)')
+MAX_N = 128  # OpenAI's own limit on `n`
+
+
+def too_many_choices(payload: Any, max_n: int) -> str | None:
+    """Why the request's `n` is refused, or None."""
+    n = payload.get("n") if isinstance(payload, dict) else None
+    if isinstance(n, int) and not isinstance(n, bool) and n > max_n:
+        return (
+            f"n={n} asks for more choices than this server generates per request ({max_n}, "
+            "MAX_N); send several requests instead"
+        )
+    return None
+
+
+def _n_problem(body: bytes, max_n: int) -> str | None:
+    for match in _N_FIELD.finditer(body):
+        if int(match.group(1)) > max_n:
+            try:
+                return too_many_choices(json.loads(body), max_n)
+            except (ValueError, RecursionError):
+                return None  # vLLM names what is wrong with the body
+    return None
+
+
 class ModelApi:
     """An engine's HTTP API with generation slots, protocol error shapes and OpenAI's schemas."""
 
-    def __init__(self, app: ASGIApp, slots: GenerationSlots):
+    def __init__(self, app: ASGIApp, slots: GenerationSlots, max_n: int = MAX_N):
         self.app = app
         self.slots = slots
+        self.max_n = max_n
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -266,14 +293,15 @@ class ModelApi:
             body = await read_body(receive)
             if body is None:
                 return
-            if path == "/v1/chat/completions":
+            param, problem = "n", _n_problem(body, self.max_n)
+            if path == "/v1/chat/completions" and problem is None:
                 try:
-                    problem = unknown_role(json.loads(body))
+                    param, problem = "messages", unknown_role(json.loads(body))
                 except (ValueError, RecursionError):
                     problem = None  # vLLM names what is wrong with the body
-                if problem:
-                    await send_error(send, protocol, 400, problem, param="messages")
-                    return
+            if problem:
+                await send_error(send, protocol, 400, problem, param=param)
+                return
             receive = replay(body, receive)
         send = _shaping(send, protocol, route.schema)
         if not generates or scope.get(ADMITTED):

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ray.exceptions import RayActorError
 
 from serve_app.config.plan import JobQueueOptions, ModelRoutes
 from serve_app.deployments import job_queue
 from serve_app.deployments.job_queue import JobQueue
 from serve_app.jobs.stores import open_store
-from serve_app.jobs.translate import JobStarted, ReplicaBusy
+from serve_app.jobs.translate import JobFailed, JobStarted, ReplicaBusy
 
 EP = "ep"
 
@@ -30,6 +31,7 @@ class FakeLLM:
         self.gate = asyncio.Event()
         self.busy = False
         self.cancelled: list[str] = []
+        self.failures: list[Any] = []  # what the next attempts meet: an exception or a JobFailed
 
     def options(self, **_: Any) -> FakeLLM:
         return self
@@ -54,6 +56,12 @@ class FakeCall:
             yield ReplicaBusy()
             return
         yield JobStarted(replica="llm-1")
+        if self._llm.failures:
+            failure = self._llm.failures.pop(0)
+            if isinstance(failure, BaseException):
+                raise failure
+            yield failure
+            return
         if self._input.get("stream"):
             yield {"early": self._input["prompt"]}
         await self._llm.gate.wait()
@@ -214,5 +222,27 @@ def test_an_unreachable_store_fails_start_up_naming_the_setting():
             await queue.__init__(options(), ["LLM"], store=store, owner="a")
         with contextlib.suppress(Exception):
             await store.close()
+
+    run(scenario())
+
+
+def test_a_job_whose_replica_or_engine_died_before_it_produced_output_runs_again(url):
+    dead_engine = JobFailed("engine died", {"error": {"code": "service_unavailable"}})
+    bad_request = JobFailed("bad", {"error": {"code": None, "message": "bad"}})
+
+    async def scenario() -> None:
+        llm = FakeLLM()
+        llm.gate.set()
+        a = await start_queue(url, llm, "a")
+        llm.failures = [dead_engine, RayActorError()]
+        done = await a.submit(EP, {"prompt": "x"}, wait_s=5)
+        assert done["status"] == "COMPLETED" and llm.failures == []
+        assert (await a._store.summary(EP)).retried == 2
+        llm.failures = [dead_engine, dead_engine, dead_engine]  # at most MAX_RETRIES times
+        assert (await a.submit(EP, {"prompt": "x"}, wait_s=5))["status"] == "FAILED"
+        llm.failures = [bad_request]  # the job's own failure: no retry
+        failed = await a.submit(EP, {"prompt": "x"}, wait_s=5)
+        assert failed["status"] == "FAILED" and failed["error"] == "bad"
+        await a.__del__()
 
     run(scenario())

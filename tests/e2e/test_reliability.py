@@ -10,6 +10,7 @@ MAX_QUEUED_REQUESTS=4) so overload is easy to reach, an API key, a request size 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import wait_for
 from tests.contracts import validate
 from tests.e2e.conftest import FAKE_HF_TOKEN
 
@@ -38,6 +40,9 @@ SOAK_S = float(os.environ.get("SOAK_S", "45"))  # SOAK_S=180 for a longer soak
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 
+STALL_TIMEOUT_S = 10
+
+
 @pytest.fixture(scope="module")
 def app(serve_cluster, tiny_model: Path, tmp_path_factory):
     env = {
@@ -52,6 +57,7 @@ def app(serve_cluster, tiny_model: Path, tmp_path_factory):
         "BASE_PATH": str(tmp_path_factory.mktemp("base")),
         "DISABLE_LOG_STATS": "1",
         "DISABLE_LOG_REQUESTS": "0",  # request logs on: they must not carry secrets either
+        "ENGINE_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S),
     }
     with serve_cluster.deployed(env) as app:
         yield app
@@ -241,13 +247,14 @@ def test_beyond_capacity_requests_get_503_with_retry_after_and_jobs_all_finish(a
     assert set(statuses.values()) == {"COMPLETED"}, statuses
 
 
-def wait_final(app, ids: list[str], timeout: float) -> dict[str, str]:
+def wait_final(app, ids: list[str], timeout: float, endpoint: str = "any") -> dict[str, str]:
+    """The jobs' final statuses, read under the endpoint id they were submitted under."""
     deadline = time.monotonic() + timeout
     statuses: dict[str, str] = {}
     while time.monotonic() < deadline:
         for job_id in ids:
             if statuses.get(job_id) not in FINAL:
-                response = httpx.get(f"{app.base_url}/v2/any/status/{job_id}", headers=AUTH)
+                response = httpx.get(f"{app.base_url}/v2/{endpoint}/status/{job_id}", headers=AUTH)
                 statuses[job_id] = response.json()["status"]
         if all(s in FINAL for s in statuses.values()):
             return statuses
@@ -365,7 +372,7 @@ def test_soak_mixed_traffic_above_capacity_leaves_nothing_behind(app):
     asyncio.run(soak(SOAK_S * 2 / 3, 16, 100))
     after = rss_mb(processes)
 
-    statuses = wait_final(app, jobs, timeout=120)
+    statuses = wait_final(app, jobs, timeout=120, endpoint="soak")
     deadline = time.monotonic() + 30
     while app.engine_requests() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -471,6 +478,63 @@ def test_engine_death_mid_stream_ends_streams_and_jobs_then_the_replica_is_repla
     assert set(statuses) <= {200, 503}, statuses
     assert app.handle().stats.remote().result()["pid"] != pid
     print(f"\nreplica replaced, serving again {time.monotonic() - started:.0f} s after the kill")
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_hung_engine_is_noticed_its_streams_end_and_the_replica_is_replaced(app):
+    pid = app.handle().stats.remote().result()["pid"]
+    (engine,) = [p for p in psutil.Process(pid).children() if "EngineCore" in " ".join(p.cmdline())]
+
+    async def streams() -> tuple[list[list[str]], float]:
+        streaming = asyncio.Semaphore(0)
+        stopped: list[float] = []
+        async with httpx.AsyncClient(base_url=app.base_url, headers=AUTH, timeout=120) as c:
+
+            async def one() -> list[str]:
+                body = chat(max_tokens=1800, stream=True, **GREEDY)
+                events: list[str] = []
+                async with c.stream("POST", "/v1/chat/completions", json=body) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            events.append(line.removeprefix("data: "))
+                            if len(events) == 5:
+                                streaming.release()
+                return events
+
+            async def stop_when_both_stream() -> None:
+                for _ in range(2):
+                    await streaming.acquire()
+                engine.suspend()  # SIGSTOP: alive, holding its requests, making no step
+                stopped.append(time.monotonic())
+
+            *results, _ = await asyncio.gather(one(), one(), stop_when_both_stream())
+            return results, stopped[0]
+
+    try:
+        results, stopped_at = asyncio.run(streams())
+        ended_after = time.monotonic() - stopped_at
+        health = wait_for(
+            lambda: (r := httpx.get(app.base_url + "/health")).status_code == 503 and r
+        )
+    finally:
+        with contextlib.suppress(psutil.Error):
+            engine.resume()
+    print(f"\nstreams of the hung engine ended {ended_after:.0f} s after it stopped")
+    assert ended_after < STALL_TIMEOUT_S + 20
+    for events in results:
+        assert events[-1] == "[DONE]" and len(events) < 1800
+        validate("ErrorResponse", json.loads(events[-2]))
+    assert "engine" in health.json()["error"]
+    wait_for(lambda: gone(engine), timeout=30)  # the replica stopped it
+    wait_for(lambda: post(app, "/v1/chat/completions", chat(max_tokens=2)).status_code == 200,
+             timeout=300, interval=1)  # fmt: skip
+    assert app.handle().stats.remote().result()["pid"] != pid
 
 
 def test_deleting_the_app_lets_in_flight_streams_finish(app):

@@ -355,6 +355,20 @@ def test_unencodable_text_and_deep_nesting_are_400_and_user_text_is_escaped_in_l
     assert "\nFORGED-LOG-LINE" not in replicas_stderr()
 
 
+def test_absurd_n_is_refused_at_once_over_http_and_in_a_job(app):
+    body = {"model": "tiny", "prompt": "hi", "n": 5000, "max_tokens": 5}
+    response = requests.post(
+        f"{app.base_url}/v1/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 400 and "MAX_N" in response.json()["error"]["message"]
+    job = {"openai_route": "/v1/completions", "openai_input": body}
+    failed = api(app, "POST", "runsync", json={"input": job}).json()
+    assert failed["status"] == "FAILED" and "MAX_N" in failed["error"]
+
+
 # ---------------------------------------------------------------- durability
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 MID = {"max_tokens": 400, **GREEDY}  # a few seconds each

@@ -69,6 +69,30 @@ def test_unknown_roles_are_refused_before_the_engine_sees_them():
     assert "'wizard' is not a valid role" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 5000}),
+        ("/v1/completions", {"prompt": "hi", "n": 129}),
+        ("/v1/completions", {"prompt": "hi", "n": 1000, "extra": {"n": 1}}),
+    ],
+)
+def test_more_choices_than_max_n_are_refused_before_the_engine(path, body):
+    engine = FakeEngine()
+    response = run(post(model_api(engine), path, {"model": "fake", **body}))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "n" and "MAX_N" in error["message"]
+    assert engine.unfinished_requests() == 0
+
+
+def test_n_within_max_n_and_n_elsewhere_in_the_body_pass():
+    api = model_api(FakeEngine())
+    nested = {"prompt": "hi", "n": 2, "response_format": {"schema": {"n": 5000}}}
+    for body in (nested, {"prompt": 'say "n": 9999', "n": 128}):
+        assert run(post(api, "/v1/completions", {"model": "fake", **body})).status_code == 200
+
+
 def test_left_out_routes_say_why():
     transport = httpx.ASGITransport(app=model_api(FakeEngine()))
 
