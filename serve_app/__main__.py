@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,7 @@ def write_launch_config(
             else app
             for app in launch.get("applications", [])
         ]
+    warn_if_open(launch.get("http_options") or {}, os.environ)
     if launch == config:
         return config_path
     handle, path = tempfile.mkstemp(prefix="serve_config-", suffix=".yaml")
@@ -152,6 +154,24 @@ def write_launch_config(
     if http != config.get("http_options"):
         print(f"HTTP endpoint: {http.get('host')}:{http.get('port')} (HOST/PORT)", file=sys.stderr)
     return path
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def warn_if_open(http: dict[str, Any], environ: Mapping[str, str]) -> bool:
+    """Say so (stderr) when the endpoint listens beyond this machine without API_KEY."""
+    host = str(http.get("host") or "127.0.0.1")
+    if host in LOOPBACK or environ.get("API_KEY"):
+        return False
+    print(
+        f"WARNING: serving on {host}:{http.get('port', 8000)} without API_KEY: whoever reaches "
+        "this address can use the model and read every job. Set API_KEY=<a secret> (clients "
+        "send it as `Authorization: Bearer <key>`), or HOST=127.0.0.1 to serve this machine "
+        "only.",
+        file=sys.stderr,
+    )
+    return True
 
 
 def with_scaling(app: dict[str, Any], plan: Any, replicas: tuple[int, int] | None) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.__main__ import with_scaling
+from serve_app.__main__ import warn_if_open, with_scaling
 from serve_app.config.env import read_env
 from serve_app.config.errors import ConfigError
 from serve_app.config.plan import CONTROL_HEADROOM, CPU_KV_CACHE_BYTES, build_plan
@@ -223,6 +223,15 @@ def test_host_and_port_become_the_http_options_serve_starts_with(tmp_path):
         .stdout.strip()
         .endswith("serve_config.yaml")
     )
+
+
+def test_an_endpoint_open_beyond_this_machine_without_api_key_is_warned_about(capsys):
+    assert warn_if_open({"host": "0.0.0.0", "port": 8000}, {})
+    warning = capsys.readouterr().err
+    assert "0.0.0.0:8000 without API_KEY" in warning and "Set API_KEY=" in warning
+    assert not warn_if_open({"host": "127.0.0.1", "port": 8000}, {})
+    assert not warn_if_open({"host": "0.0.0.0", "port": 8000}, {"API_KEY": "secret"})
+    assert capsys.readouterr().err == ""
 
 
 def test_cluster_deploys_carry_each_llm_deployments_scaling_and_scale_sets_its_bounds():
