@@ -70,6 +70,8 @@ POLL_INTERVAL_S = 0.1
 BUSY_RETRY_S = 0.05
 BUSY_RETRY_MAX_S = 1.0
 QUEUE_FULL_RETRY_AFTER_S = 5
+# A job's end is stored with this many attempts (backoff to 2 s) before the job is let go.
+FINISH_ATTEMPTS = 8
 # A job whose replica or engine dies before it produced output runs again, this many times.
 MAX_RETRIES = 2
 
@@ -81,10 +83,7 @@ class LocalJob:
     record: JobRecord
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
-
-
-class QueueFull(Exception):
-    """MAX_QUEUED_JOBS jobs of the endpoint wait already."""
+    abandoned: bool = False  # its lease may have lapsed: stopped, left to whoever claims it
 
 
 class JobQueue:
@@ -115,7 +114,9 @@ class JobQueue:
                 f"The job store cannot be reached ({type(exc).__name__}: {exc}); check "
                 "JOB_STORE_URL, or leave it unset for an SQLite file under BASE_PATH"
             ) from exc
-        self._maintainer = asyncio.create_task(self._maintain(), name="job-leases")
+        self._renewed = time.monotonic()
+        self._renewer = asyncio.create_task(self._renew(), name="job-leases")
+        self._maintainer = asyncio.create_task(self._maintain(), name="job-takeover")
 
     # ------------------------------------------------------------------ API
     async def submit(
@@ -128,7 +129,7 @@ class JobQueue:
         ttl_s: float | None = None,
         wait_s: float | None = None,
     ) -> dict[str, Any]:
-        """Accept a job and start it in the background; bad input fails it at once. With
+        """Accept a job and start it in the background (bad input fails it there). With
         `wait_s`, the status once the job ends or that time has passed (runsync). A full
         queue answers {"queue_full": reason} instead."""
         if await self._store.count_queued(endpoint) >= self._options.max_queued_jobs:
@@ -149,19 +150,10 @@ class JobQueue:
             lease_until=now + LEASE_S,
         )
         await self._store.create(job)
-        local = self._local[job.id] = LocalJob(job)
-        status = IN_QUEUE
-        try:
-            deployment = await self._deployment_for(job)
-        except _InputError as exc:
-            await self._finish(local, FAILED, exc.message, exc.output)
-            logger.info("job %s failed: %s", job.id, _printable(exc.message))
-            status = FAILED
-        else:
-            local.task = asyncio.create_task(self._run(local, deployment), name=f"job-{job.id}")
+        self._start(LocalJob(job))
         if wait_s is not None:
             return await self.wait(endpoint, job.id, wait_s) or {"id": job.id, "status": FAILED}
-        return {"id": job.id, "status": status}
+        return {"id": job.id, "status": IN_QUEUE}
 
     async def status(self, endpoint: str, job_id: str) -> dict[str, Any] | None:
         job = await self._get(endpoint, job_id)
@@ -202,26 +194,24 @@ class JobQueue:
             return None
         if job.status not in FINAL:
             local = self._local.get(job_id)
-            if local is not None:
-                await self._finish(local, CANCELLED, "Cancelled by request")
-                if local.task is not None:
-                    local.task.cancel()
-            else:  # its replica sees it when it renews its lease, and stops it
-                await self._store.finish(
-                    job_id, CANCELLED, "Cancelled by request", None, time.time()
-                )
+            if local is not None and local.task is not None:
+                local.task.cancel()  # its generation ends; the task records CANCELLED
+            # (run by another replica: that one sees it when it renews its lease, and stops it)
+            now = time.time()
+            await self._store.finish(job_id, CANCELLED, "Cancelled by request", None, now)
         return {"id": job_id, "status": await self._status_of(job_id)}
 
     async def purge(self, endpoint: str = "") -> dict[str, Any]:
         """Cancel every job of the endpoint still waiting in the queue; running jobs go on."""
         removed = 0
         for job_id in await self._store.queued(endpoint):
-            local = self._local.get(job_id)
-            if local is not None and local.task is not None:
-                local.task.cancel()
-            removed += await self._store.finish(
-                job_id, CANCELLED, "Removed by purge-queue", None, time.time()
-            )
+            now = time.time()
+            reason = "Removed by purge-queue"
+            if await self._store.finish(job_id, CANCELLED, reason, None, now, only_if=IN_QUEUE):
+                removed += 1  # still waiting when purged: one that started meanwhile goes on
+                local = self._local.get(job_id)
+                if local is not None and local.task is not None:
+                    local.task.cancel()
         return {"removed": removed, "status": "completed"}
 
     async def stats(self) -> dict[str, Any]:
@@ -265,6 +255,7 @@ class JobQueue:
         return self._shutdown()
 
     async def _shutdown(self) -> None:
+        self._renewer.cancel()
         self._maintainer.cancel()
         running = [local.task for local in self._local.values() if local.task is not None]
         for task in running:
@@ -287,9 +278,28 @@ class JobQueue:
     async def _finish(
         self, local: LocalJob, status: str, error: str | None = None, output: Any = None
     ) -> None:
-        await self._store.finish(local.record.id, status, error, output, time.time())
-        local.done.set()
-        self._local.pop(local.record.id, None)
+        """Record the job's end, retrying while the store fails; if it keeps failing, the job
+        is let go: its lease lapses and whichever replica claims it ends it."""
+        job_id = local.record.id
+        try:
+            for attempt in range(FINISH_ATTEMPTS):
+                try:
+                    await self._store.finish(job_id, status, error, output, time.time())
+                    return
+                except Exception as exc:
+                    if attempt == FINISH_ATTEMPTS - 1:
+                        logger.error(
+                            "job %s: its end (%s) could not be stored: %s; another replica "
+                            "takes it over",
+                            job_id,
+                            status,
+                            _first_line(exc),
+                        )
+                    else:
+                        await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        finally:
+            local.done.set()
+            self._local.pop(job_id, None)
 
     async def _deployment_for(self, job: JobRecord) -> str:
         """The deployment serving the job's model: a served name or a start-up LoRA adapter
@@ -306,7 +316,9 @@ class JobQueue:
             if isinstance(model, str):
                 app = serve.get_replica_context().app_name
                 try:
-                    adapters = await asyncio.to_thread(AdapterRegistry.by_deployment, app)
+                    adapters = await asyncio.wait_for(
+                        asyncio.to_thread(AdapterRegistry.by_deployment, app), 5.0
+                    )
                 except Exception:
                     adapters = {}
                 if model in adapters:
@@ -316,33 +328,49 @@ class JobQueue:
             raise _InputError(str(exc), output if parsed.openai_route else None) from None
 
     # ------------------------------------------------------------------ leases
+    async def _renew(self) -> None:
+        """Renew this replica's leases, and stop jobs cancelled through other replicas. A
+        replica that could not renew for most of a lease stops its jobs (others may have
+        claimed them): a job never runs on two replicas for long."""
+        while True:
+            await asyncio.sleep(RENEW_INTERVAL_S)
+            now = time.time()
+            try:
+                lost = await self._store.renew(self._owner, list(self._local), now + LEASE_S)
+            except Exception as exc:
+                logger.warning("job leases not renewed: %s", _first_line(exc))
+                if time.monotonic() - self._renewed <= LEASE_S - 2 * RENEW_INTERVAL_S:
+                    continue
+                lost = list(self._local)
+            else:
+                self._renewed = time.monotonic()
+            for job_id in lost:
+                local = self._local.pop(job_id, None)
+                if local is not None:
+                    local.abandoned = True
+                    local.done.set()
+                    if local.task is not None:
+                        local.task.cancel()
+
     async def _maintain(self) -> None:
-        """Renew this replica's leases, stop jobs cancelled through other replicas, take over
-        jobs whose replica is gone, and drop jobs past their retention."""
+        """Take over jobs whose replica is gone, and drop jobs past their retention."""
         swept = 0.0
         while True:
             await asyncio.sleep(RENEW_INTERVAL_S)
             try:
-                now = time.time()
-                lost = await self._store.renew(self._owner, list(self._local), now + LEASE_S)
-                for job_id in lost:
-                    local = self._local.pop(job_id, None)
-                    if local is not None:
-                        local.done.set()
-                        if local.task is not None:
-                            local.task.cancel()
                 await self._recover()
+                now = time.time()
                 if now - swept > SWEEP_INTERVAL_S:
                     swept = now
                     await self._store.expire(now - self._options.retention_s)
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 logger.exception("job store maintenance failed; retrying")
 
     async def _recover(self) -> None:
         now = time.time()
         for job in await self._store.claim_orphans(self._owner, now, now + LEASE_S):
+            if job.id in self._local:
+                continue  # this replica's own, its lease renewed late: it runs already
             if job.status == IN_PROGRESS and job.output_bytes:
                 await self._store.finish(
                     job.id,
@@ -355,16 +383,14 @@ class JobQueue:
                 logger.warning("job %s: its job queue replica stopped mid-stream", job.id)
                 continue
             if job.status == IN_PROGRESS:
-                await self._store.requeue(job.id)  # no output yet: it runs again
+                await self._store.requeue(job.id, self._owner)  # no output yet: it runs again
                 job.status, job.retried = IN_QUEUE, job.retried + 1
-            local = self._local[job.id] = LocalJob(job)
-            try:
-                deployment = await self._deployment_for(job)
-            except _InputError as exc:
-                await self._finish(local, FAILED, exc.message, exc.output)
-                continue
-            local.task = asyncio.create_task(self._run(local, deployment), name=f"job-{job.id}")
+            self._start(LocalJob(job))
             logger.info("job %s taken over from a stopped job queue replica", job.id)
+
+    def _start(self, local: LocalJob) -> None:
+        self._local[local.record.id] = local
+        local.task = asyncio.create_task(self._run(local), name=f"job-{local.record.id}")
 
     # ------------------------------------------------------------------ running jobs
     def _handle(self, deployment: str) -> DeploymentHandle:
@@ -376,21 +402,25 @@ class JobQueue:
             self._handles[deployment] = serve.get_deployment_handle(deployment, app_name)
         return self._handles[deployment]
 
-    async def _run(self, local: LocalJob, deployment: str) -> None:
+    async def _run(self, local: LocalJob) -> None:
         job = local.record
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (job.created + job.ttl_s - time.time()) if job.ttl_s else None
-        line = self._lines[deployment]
+        line: WaitingLine | None = None
         call = ticket = None
         status, error, output = COMPLETED, None, None
         started = produced = False
         retries = 0
+        deployment = "?"
         try:
+            deployment = await self._deployment_for(job)
+            line = self._lines[deployment]
             async with asyncio.timeout_at(deadline) as scope:
                 for attempt in itertools.count():
                     if attempt or len(line):  # no slot last time, or others wait already
                         ticket = ticket or line.join(tried=attempt > 0)
-                        await ticket.turn(min(BUSY_RETRY_MAX_S, BUSY_RETRY_S * 2**attempt))
+                        backoff = BUSY_RETRY_S * 2 ** min(attempt, 10)
+                        await ticket.turn(min(BUSY_RETRY_MAX_S, backoff))
                     handle = self._handle(deployment).options(stream=True)
                     call = handle.job.remote(job.input, wait=False)
                     try:
@@ -398,8 +428,9 @@ class JobQueue:
                             if isinstance(item, JobStarted):
                                 started = True
                                 now = time.time()
-                                if not await self._store.start(job.id, item.replica, now):
-                                    call.cancel()  # cancelled meanwhile, through another replica
+                                owner = self._owner
+                                if not await self._store.start(job.id, owner, item.replica, now):
+                                    call.cancel()  # cancelled, or claimed by another replica
                                     self._local.pop(job.id, None)
                                     local.done.set()
                                     return
@@ -417,7 +448,14 @@ class JobQueue:
                                 status, error, output = FAILED, item.error, item.output
                             else:
                                 produced = True
-                                size = await self._store.append_output(job.id, json.dumps(item))
+                                size = await self._store.append_output(
+                                    job.id, self._owner, json.dumps(item)
+                                )
+                                if size < 0:  # cancelled, or claimed by another replica
+                                    call.cancel()
+                                    self._local.pop(job.id, None)
+                                    local.done.set()
+                                    return
                                 if size > self._options.max_output_bytes:
                                     call.cancel()
                                     status, error = FAILED, _too_large(self._options)
@@ -431,7 +469,8 @@ class JobQueue:
                         # runs again on another replica (RunPod's `retried`)
                         retries += 1
                         started = False
-                        await self._store.requeue(job.id)
+                        scope.reschedule(deadline)  # its execution time starts again
+                        await self._store.requeue(job.id, self._owner)
                         logger.info("job %s retried: %s", job.id, _printable(_first_line(exc)))
                         continue
                     if status == FAILED:
@@ -444,9 +483,11 @@ class JobQueue:
         except asyncio.CancelledError:
             if call is not None:
                 call.cancel()
-            if self._closing:  # this replica stops: another one takes the job over
+            if self._closing or local.abandoned:  # another replica takes the job over
                 return
             status, error = CANCELLED, "Cancelled by request"
+        except _InputError as exc:
+            status, error, output = FAILED, exc.message, exc.output
         except RayActorError as exc:
             status, error = FAILED, f"The LLM replica running this job died: {_first_line(exc)}"
         except _Retry as exc:
@@ -459,7 +500,7 @@ class JobQueue:
         finally:
             if ticket is not None:
                 ticket.leave()
-            if started:
+            if started and line is not None:
                 line.capacity_freed()
         if job.id in self._local:
             await self._finish(local, status, error, output)

@@ -144,6 +144,7 @@ class StallWatch:
         self._engine = engine
         self._timeout_s = timeout_s
         self.last_step = time.monotonic()
+        self.stalled = False  # set once it stopped the engine core: the engine is not healthy
         core = engine.engine_core
         pull = core.get_output_async
 
@@ -157,15 +158,22 @@ class StallWatch:
 
     async def _watch(self) -> None:
         interval = min(5.0, self._timeout_s / 4)
-        while not self._engine.errored:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            if not self._engine.get_num_unfinished_requests():
-                self.last_step = now  # idle is not hung
-                continue
-            if now - self.last_step > self._timeout_s:
-                self._stop_engine_core(now - self.last_step)
-                return
+        try:
+            while not self._engine.errored:
+                await asyncio.sleep(interval)
+                now = time.monotonic()
+                if not self._engine.get_num_unfinished_requests():
+                    self.last_step = now  # idle is not hung
+                    continue
+                if now - self.last_step > self._timeout_s:
+                    self.stalled = True
+                    self._stop_engine_core(now - self.last_step)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("the engine stall watch failed; the replica reports unhealthy")
+            self.stalled = True
 
     def _stop_engine_core(self, stalled_s: float) -> None:
         import psutil
@@ -226,7 +234,7 @@ class VLLMEngine:
         """vLLM's app, but a dead engine answers 503 at once (vLLM's handlers would answer
         500): Serve's health check is replacing this replica, and the client should retry."""
         engine = self._engine
-        if scope["type"] == "http" and (engine is None or engine.errored):
+        if scope["type"] == "http" and (engine is None or engine.errored or self._stalled()):
             from starlette.responses import JSONResponse
 
             message = "The engine of this replica has died; Serve is replacing the replica. Retry."
@@ -242,7 +250,14 @@ class VLLMEngine:
         return self._app.openapi()
 
     async def check_health(self) -> None:
+        if self._stalled():
+            raise RuntimeError(
+                "the engine made no step for ENGINE_STALL_TIMEOUT_S with requests waiting"
+            )
         await self._engine.check_health()
+
+    def _stalled(self) -> bool:
+        return self._stall_watch is not None and self._stall_watch.stalled
 
     def unfinished_requests(self) -> int:
         return self._engine.get_num_unfinished_requests()

@@ -241,16 +241,21 @@ def _conform_error_events(chunk: bytes) -> bytes:
 
 
 # `"n": <digits>` anywhere in a body: only then is a body not parsed already read whole.
-_N_FIELD = re.compile(rb'"n"\s*:\s*(\d+)')
+_N_FIELD = re.compile(rb'"n"\s*:\s*"?\s*(\d+)')  # 1000, 1000.0 and "1000" (vLLM takes all)
 MAX_N = 128  # OpenAI's own limit on `n`
 
 
 def too_many_choices(payload: Any, max_n: int) -> str | None:
     """Why the request's `n` is refused, or None."""
     n = payload.get("n") if isinstance(payload, dict) else None
-    if isinstance(n, int) and not isinstance(n, bool) and n > max_n:
+    if isinstance(n, str | float) and not isinstance(n, bool):
+        try:
+            n = float(n)  # as vLLM's request models coerce it
+        except ValueError:
+            return None  # vLLM names what is wrong with it
+    if isinstance(n, int | float) and not isinstance(n, bool) and n > max_n:
         return (
-            f"n={n} asks for more choices than this server generates per request ({max_n}, "
+            f"n={n:g} asks for more choices than this server generates per request ({max_n}, "
             "MAX_N); send several requests instead"
         )
     return None

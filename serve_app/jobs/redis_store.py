@@ -40,9 +40,10 @@ end
 START = (
     _PRELUDE
     + """
-local id, replica, now = ARGV[2], ARGV[3], ARGV[4]
-local status, endpoint = unpack(redis.call('HMGET', key(id), 'status', 'endpoint'))
-if not status or final[status] then return 0 end
+local id, owner, replica, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local status, endpoint, holder = unpack(
+  redis.call('HMGET', key(id), 'status', 'endpoint', 'owner'))
+if not status or final[status] or holder ~= owner then return 0 end
 move(id, endpoint, status, 'IN_PROGRESS')
 redis.call('HSET', key(id), 'status', 'IN_PROGRESS', 'started', now, 'replica', replica)
 return 1
@@ -51,9 +52,10 @@ return 1
 FINISH = (
     _PRELUDE
     + """
-local id, to, now, err, output = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local id, to, now, err, output, only_if = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local status, endpoint = unpack(redis.call('HMGET', key(id), 'status', 'endpoint'))
 if not status or final[status] then return 0 end
+if only_if ~= '' and status ~= only_if then return 0 end
 move(id, endpoint, status, to)
 redis.call('HSET', key(id), 'status', to, 'finished', now, 'error', err,
   'failure_output', output, 'owner', '')
@@ -65,9 +67,10 @@ return 1
 REQUEUE = (
     _PRELUDE
     + """
-local id = ARGV[2]
-local status, endpoint = unpack(redis.call('HMGET', key(id), 'status', 'endpoint'))
-if status ~= 'IN_PROGRESS' then return 0 end
+local id, owner = ARGV[2], ARGV[3]
+local status, endpoint, holder = unpack(
+  redis.call('HMGET', key(id), 'status', 'endpoint', 'owner'))
+if status ~= 'IN_PROGRESS' or holder ~= owner then return 0 end
 move(id, endpoint, status, 'IN_QUEUE')
 redis.call('HSET', key(id), 'status', 'IN_QUEUE', 'started', '', 'replica', '')
 redis.call('HINCRBY', key(id), 'retried', 1)
@@ -78,8 +81,9 @@ return 1
 APPEND = (
     _PRELUDE
     + """
-local id, item, size = ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call('EXISTS', key(id)) == 0 then return 0 end
+local id, owner, item, size = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local status, holder = unpack(redis.call('HMGET', key(id), 'status', 'owner'))
+if not status or final[status] or holder ~= owner then return -1 end
 redis.call('RPUSH', key(id) .. ':out', item)
 return redis.call('HINCRBY', key(id), 'output_bytes', size)
 """
@@ -216,10 +220,12 @@ class RedisJobStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._key(job_id))
             pipe.get(self._key(job_id) + ":in")
-            fields, raw_input = await pipe.execute()
+            pipe.zscore(f"{self._ns}leases", job_id)
+            fields, raw_input, lease = await pipe.execute()
         if not fields:
             return None
         data: dict[str, Any] = {"id": job_id, "input": json.loads(raw_input or "null")}
+        fields["lease_until"] = lease or 0.0  # kept in the sorted set, not the hash
         for name in JobRecord.model_fields:
             if name in data or name not in fields:
                 continue
@@ -236,21 +242,28 @@ class RedisJobStore:
                 data[name] = value
         return JobRecord(**data)
 
-    async def start(self, job_id: str, replica: str, now: float) -> bool:
-        return bool(await self._script("start", job_id, replica, now))
+    async def start(self, job_id: str, owner: str, replica: str, now: float) -> bool:
+        return bool(await self._script("start", job_id, owner, replica, now))
 
     async def finish(
-        self, job_id: str, status: str, error: str | None, output: Any, now: float
+        self,
+        job_id: str,
+        status: str,
+        error: str | None,
+        output: Any,
+        now: float,
+        only_if: str | None = None,
     ) -> bool:
         encoded = "" if output is None else json.dumps(output)
-        return bool(await self._script("finish", job_id, status, now, error or "", encoded))
+        args = (job_id, status, now, error or "", encoded, only_if or "")
+        return bool(await self._script("finish", *args))
 
-    async def requeue(self, job_id: str) -> None:
-        await self._script("requeue", job_id)
+    async def requeue(self, job_id: str, owner: str) -> None:
+        await self._script("requeue", job_id, owner)
 
     # ------------------------------------------------------------------ outputs
-    async def append_output(self, job_id: str, encoded: str) -> int:
-        return int(await self._script("append", job_id, encoded, len(encoded)))
+    async def append_output(self, job_id: str, owner: str, encoded: str) -> int:
+        return int(await self._script("append", job_id, owner, encoded, len(encoded)))
 
     async def outputs(self, job_id: str) -> list[Any]:
         return [

@@ -3,7 +3,9 @@
 Jobs survive the job queue's process and a redeploy on the same node, with nothing to run
 beside the app. Every call runs on one thread of its own holding the connection, so a slow
 disk never stalls the job queue's event loop. WAL journal with synchronous=NORMAL: a commit
-costs no fsync (a power loss may lose the last moments; a process death loses nothing).
+costs no fsync (a power loss may lose the last moments; a process death loses nothing). On a
+network volume (RunPod's /runpod-volume), SQLite's classic rollback journal instead: WAL needs
+shared memory between processes, which network filesystems do not provide.
 """
 
 from __future__ import annotations
@@ -48,6 +50,31 @@ CREATE TABLE IF NOT EXISTS outputs (
 """
 
 
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs",
+                       "lustre", "beegfs", "gpfs", "fuse")  # fmt: skip
+
+
+def on_network_filesystem(path: str, mounts: str | None = None) -> bool:
+    """Whether `path` lies on a network (or FUSE) filesystem, by the longest mount point
+    above it in /proc/mounts (`mounts`: that file's text)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return False
+    target = os.path.realpath(path)
+    best, fs_type = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, fs_type = point, fields[2]
+    return fs_type.split(".")[0] in NETWORK_FILESYSTEMS
+
+
 class SqliteJobStore:
     def __init__(self, path: str):
         self.path = path
@@ -59,7 +86,9 @@ class SqliteJobStore:
         if self._db is None:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            # WAL needs memory shared between processes, which a network filesystem lacks
+            journal = "DELETE" if on_network_filesystem(self.path) else "WAL"
+            db.execute(f"PRAGMA journal_mode={journal}")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
             with contextlib.suppress(OSError):  # a filesystem without modes
@@ -94,50 +123,62 @@ class SqliteJobStore:
         row = await self._run(lambda db: db.execute(sql, (job_id,)).fetchone())
         return None if row is None else self._record(row)
 
-    async def start(self, job_id: str, replica: str, now: float) -> bool:
+    async def start(self, job_id: str, owner: str, replica: str, now: float) -> bool:
         sql = (
             "UPDATE jobs SET status = ?, started = ?, replica = ? "
-            f"WHERE id = ? AND status NOT IN {_FINAL}"
+            f"WHERE id = ? AND owner = ? AND status NOT IN {_FINAL}"
         )
-        cursor = await self._run(lambda db: db.execute(sql, (IN_PROGRESS, now, replica, job_id)))
+        params = (IN_PROGRESS, now, replica, job_id, owner)
+        cursor = await self._run(lambda db: db.execute(sql, params))
         return cursor.rowcount == 1
 
     async def finish(
-        self, job_id: str, status: str, error: str | None, output: Any, now: float
+        self,
+        job_id: str,
+        status: str,
+        error: str | None,
+        output: Any,
+        now: float,
+        only_if: str | None = None,
     ) -> bool:
         sql = (
             "UPDATE jobs SET status = ?, finished = ?, error = ?, failure_output = ?, "
             f"owner = NULL WHERE id = ? AND status NOT IN {_FINAL}"
         )
-        params = (status, now, error, None if output is None else json.dumps(output), job_id)
+        encoded = None if output is None else json.dumps(output)
+        params: tuple[Any, ...] = (status, now, error, encoded, job_id)
+        if only_if is not None:
+            sql, params = sql + " AND status = ?", (*params, only_if)
         cursor = await self._run(lambda db: db.execute(sql, params))
         return cursor.rowcount == 1
 
-    async def requeue(self, job_id: str) -> None:
+    async def requeue(self, job_id: str, owner: str) -> None:
         sql = (
             "UPDATE jobs SET status = ?, started = NULL, replica = NULL, "
-            "retried = retried + 1 WHERE id = ? AND status = ?"
+            "retried = retried + 1 WHERE id = ? AND status = ? AND owner = ?"
         )
-        await self._run(lambda db: db.execute(sql, (IN_QUEUE, job_id, IN_PROGRESS)))
+        await self._run(lambda db: db.execute(sql, (IN_QUEUE, job_id, IN_PROGRESS, owner)))
 
     # ------------------------------------------------------------------ outputs
-    async def append_output(self, job_id: str, encoded: str) -> int:
+    async def append_output(self, job_id: str, owner: str, encoded: str) -> int:
         size = len(encoded)
 
         def append(db: sqlite3.Connection) -> int:
             with db:  # one transaction
                 db.execute("BEGIN IMMEDIATE")
-                (total,) = db.execute(
-                    "UPDATE jobs SET output_bytes = output_bytes + ? WHERE id = ? "
-                    "RETURNING output_bytes",
-                    (size, job_id),
-                ).fetchone() or (0,)
+                row = db.execute(
+                    "UPDATE jobs SET output_bytes = output_bytes + ? WHERE id = ? AND owner = ? "
+                    f"AND status NOT IN {_FINAL} RETURNING output_bytes",
+                    (size, job_id, owner),
+                ).fetchone()
+                if row is None:
+                    return -1
                 db.execute(
                     "INSERT INTO outputs (job_id, seq, item) VALUES (?, "
                     "(SELECT COALESCE(MAX(seq), 0) + 1 FROM outputs WHERE job_id = ?), ?)",
                     (job_id, job_id, encoded),
                 )
-                return total
+                return row[0]
 
         return await self._run(append)
 
@@ -238,17 +279,22 @@ class SqliteJobStore:
 
     async def expire(self, finished_before: float) -> int:
         def expire(db: sqlite3.Connection) -> int:
-            with db:
+            with db:  # a batch per transaction: the lock is never held long
                 db.execute("BEGIN IMMEDIATE")
-                db.execute(
-                    "DELETE FROM outputs WHERE job_id IN (SELECT id FROM jobs WHERE finished < ?)",
-                    (finished_before,),
-                )
-                return db.execute(
-                    "DELETE FROM jobs WHERE finished < ?", (finished_before,)
-                ).rowcount
+                ids = [
+                    (job_id,)
+                    for (job_id,) in db.execute(
+                        "SELECT id FROM jobs WHERE finished < ? LIMIT 1000", (finished_before,)
+                    )
+                ]
+                db.executemany("DELETE FROM outputs WHERE job_id = ?", ids)
+                db.executemany("DELETE FROM jobs WHERE id = ?", ids)
+                return len(ids)
 
-        return await self._run(expire)
+        total = 0
+        while (dropped := await self._run(expire)) > 0:
+            total += dropped
+        return total
 
     async def close(self) -> None:
         def close(db: sqlite3.Connection) -> None:

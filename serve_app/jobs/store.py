@@ -91,19 +91,27 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 
-    async def start(self, job_id: str, replica: str, now: float) -> bool:
-        """IN_QUEUE -> IN_PROGRESS on `replica`; False if the job is final already."""
+    async def start(self, job_id: str, owner: str, replica: str, now: float) -> bool:
+        """-> IN_PROGRESS on `replica`, if `owner` still holds the job and it is not final."""
 
     async def finish(
-        self, job_id: str, status: str, error: str | None, output: Any, now: float
+        self,
+        job_id: str,
+        status: str,
+        error: str | None,
+        output: Any,
+        now: float,
+        only_if: str | None = None,
     ) -> bool:
-        """-> a final status, once (atomic): False if the job was final already."""
+        """-> a final status, once (atomic): False if the job was final already, or not in
+        status `only_if` when given. Any replica may finish any job (cancel)."""
 
-    async def requeue(self, job_id: str) -> None:
+    async def requeue(self, job_id: str, owner: str) -> None:
         """IN_PROGRESS -> IN_QUEUE, counting a retry (a job that never produced output)."""
 
-    async def append_output(self, job_id: str, encoded: str) -> int:
-        """Add an output item (JSON text); the job's output bytes after it."""
+    async def append_output(self, job_id: str, owner: str, encoded: str) -> int:
+        """Add an output item (JSON text); the job's output bytes after it, or -1 (nothing
+        added) if `owner` no longer holds the job or it is final."""
 
     async def outputs(self, job_id: str) -> list[Any]: ...
 

@@ -246,3 +246,26 @@ def test_a_job_whose_replica_or_engine_died_before_it_produced_output_runs_again
         await a.__del__()
 
     run(scenario())
+
+
+def test_a_replica_that_cannot_renew_its_leases_stops_its_jobs_for_another_to_run(url):
+    async def scenario() -> None:
+        llm = FakeLLM()
+        a = await start_queue(url, llm, "a")
+        job_id = (await a.submit(EP, {"prompt": "x"}))["id"]
+        await until(lambda: all_running(a, [job_id]))
+
+        async def unreachable(*args: Any) -> Any:
+            raise ConnectionError("the store is unreachable")
+
+        a._store.renew = unreachable  # type: ignore[method-assign]
+        await until(lambda: llm.cancelled == ["x"])  # it stopped its call: no double run
+        assert job_id not in a._local
+        b = await start_queue(url, llm, "b")
+        await until(lambda: job_id in b._local)  # no output yet: it runs again there
+        llm.gate.set()
+        assert (await b.wait(EP, job_id, 5))["status"] == "COMPLETED"
+        for queue in (a, b):
+            await queue.__del__()
+
+    run(scenario())

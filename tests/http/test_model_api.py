@@ -75,6 +75,8 @@ def test_unknown_roles_are_refused_before_the_engine_sees_them():
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 5000}),
         ("/v1/completions", {"prompt": "hi", "n": 129}),
         ("/v1/completions", {"prompt": "hi", "n": 1000, "extra": {"n": 1}}),
+        ("/v1/completions", {"prompt": "hi", "n": 1000.0}),  # vLLM coerces both to 1000
+        ("/v1/completions", {"prompt": "hi", "n": "1000"}),
     ],
 )
 def test_more_choices_than_max_n_are_refused_before_the_engine(path, body):

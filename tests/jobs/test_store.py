@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from serve_app.jobs.sqlite_store import on_network_filesystem
 from serve_app.jobs.store import (
     CANCELLED,
     COMPLETED,
@@ -69,10 +70,11 @@ def test_a_job_round_trips_exactly_and_moves_through_its_states(store_url):
         assert got.status == IN_QUEUE and got.execution_timeout_s == 5.0 and got.ttl_s is None
         assert await store.get("nope") is None
 
-        assert await store.start(record.id, "replica-1", time.time())
+        assert await store.start(record.id, "a", "replica-1", time.time())
         assert (await store.get(record.id)).replica == "replica-1"
-        assert await store.append_output(record.id, json.dumps({"n": 1})) == len('{"n": 1}')
-        await store.append_output(record.id, json.dumps({"n": 2}))
+        assert await store.append_output(record.id, "a", json.dumps({"n": 1})) == len('{"n": 1}')
+        assert await store.append_output(record.id, "b", json.dumps({"n": 9})) == -1  # not b's
+        await store.append_output(record.id, "a", json.dumps({"n": 2}))
         assert await store.finish(record.id, COMPLETED, None, None, time.time())
         assert not await store.finish(record.id, FAILED, "late", None, time.time())  # once
         done = await store.get(record.id)
@@ -80,7 +82,9 @@ def test_a_job_round_trips_exactly_and_moves_through_its_states(store_url):
         assert await store.outputs(record.id) == [{"n": 1}, {"n": 2}]
         view = done.view(await store.outputs(record.id))
         assert view["output"] == [{"n": 1}, {"n": 2}] and view["workerId"] == "replica-1"
-        assert not await store.start(record.id, "replica-2", time.time())  # final: stays
+        assert not await store.start(record.id, "a", "replica-2", time.time())  # final: stays
+        assert await store.append_output(record.id, "a", "3") == -1  # final: nothing added
+        assert await store.append_output("nope", "a", "3") == -1
 
     with_store(store_url, scenario)
 
@@ -111,7 +115,7 @@ def test_unread_outputs_are_taken_once_each_in_order_even_by_racing_readers(stor
 
         async def writer() -> None:
             for i in range(40):
-                await one.append_output(record.id, json.dumps(i))
+                await one.append_output(record.id, "a", json.dumps(i))
                 await asyncio.sleep(0)
 
         await asyncio.gather(writer(), reader(one), reader(two))
@@ -133,15 +137,19 @@ def test_counts_queue_and_purge_are_per_endpoint(store_url):
         b = [job("B") for _ in range(2)]
         for record in a + b:
             await store.create(record)
-        await store.start(a[0].id, "r1", time.time())
-        await store.start(b[0].id, "r2", time.time())
+        assert not await store.start(a[0].id, "someone-else", "r1", time.time())
+        await store.start(a[0].id, "a", "r1", time.time())
+        await store.start(b[0].id, "a", "r2", time.time())
         assert await store.count_queued("A") == 2 and await store.count_queued("B") == 1
         assert sorted(await store.queued("A")) == sorted(r.id for r in a[1:])
         summary = await store.summary("A")
         assert summary.counts[IN_QUEUE] == 2 and summary.counts[IN_PROGRESS] == 1
         assert summary.busy_replicas == 1 and summary.counts[COMPLETED] == 0
-        await store.finish(a[1].id, CANCELLED, "purged", None, time.time())
+        # purge-queue cancels only jobs still waiting
+        assert not await store.finish(a[0].id, CANCELLED, "purged", None, time.time(), IN_QUEUE)
+        assert await store.finish(a[1].id, CANCELLED, "purged", None, time.time(), IN_QUEUE)
         assert (await store.summary("A")).counts[CANCELLED] == 1
+        assert (await store.get(a[0].id)).status == IN_PROGRESS
         assert (await store.summary("B")).counts[CANCELLED] == 0
 
     with_store(store_url, scenario)
@@ -155,8 +163,8 @@ def test_leases_renew_lapse_and_are_claimed_once(store_url):
         running = job(owner="dead", lease=-1)
         for record in (mine, lapsed, running):
             await one.create(record)
-        await one.start(running.id, "r1", now)
-        await one.append_output(running.id, json.dumps("x"))
+        await one.start(running.id, "dead", "r1", now)
+        await one.append_output(running.id, "dead", json.dumps("x"))
 
         # two replicas claim at once: each orphan goes to exactly one of them
         claims = await asyncio.gather(
@@ -170,7 +178,9 @@ def test_leases_renew_lapse_and_are_claimed_once(store_url):
         assert await one.claim_orphans("d", time.time(), time.time() + 60) == []
 
         # a requeued job counts a retry; a job cancelled elsewhere is lost to its owner
-        await one.requeue(running.id)
+        await one.requeue(running.id, "someone-else")  # not its owner: no effect
+        assert (await one.get(running.id)).status == IN_PROGRESS
+        await one.requeue(running.id, got[running.id].owner)
         assert (await one.get(running.id)).status == IN_QUEUE
         assert (await one.summary("ep")).retried == 1
         await two.finish(mine.id, CANCELLED, "by request", None, time.time())
@@ -191,7 +201,7 @@ def test_finished_jobs_expire_after_retention_and_unfinished_never(store_url):
         old, new, open_ = job(), job(), job()
         for record in (old, new, open_):
             await store.create(record)
-        await store.append_output(old.id, json.dumps("out"))
+        await store.append_output(old.id, "a", json.dumps("out"))
         await store.finish(old.id, COMPLETED, None, None, time.time() - 100)
         await store.finish(new.id, COMPLETED, None, None, time.time())
         assert await store.expire(time.time() - 50) == 1
@@ -208,7 +218,7 @@ def test_sqlite_jobs_outlive_the_connection(tmp_path):
 
     async def write(store: JobStore) -> None:
         await store.create(record)
-        await store.append_output(record.id, json.dumps({"a": 1}))
+        await store.append_output(record.id, "a", json.dumps({"a": 1}))
 
     async def read(store: JobStore) -> None:
         assert (await store.get(record.id)).input == record.input
@@ -230,3 +240,17 @@ async def _with(url: str, scenario: Callable[[JobStore], Awaitable[None]]) -> No
 def test_an_unknown_store_url_is_refused_naming_the_schemes():
     with pytest.raises(ValueError, match="sqlite:/// or redis://"):
         open_store("postgres://x")
+
+
+def test_sqlite_uses_a_rollback_journal_on_network_filesystems():
+    mounts = (
+        "overlay / overlay rw 0 0\n"
+        "mfs#runpod /runpod-volume fuse.mfs rw 0 0\n"
+        "server:/export /mnt/nfs nfs4 rw 0 0\n"
+        "/dev/sda1 /mnt/nfs/local ext4 rw 0 0\n"
+    )
+    assert on_network_filesystem("/runpod-volume/jobs/app.sqlite3", mounts)
+    assert on_network_filesystem("/mnt/nfs/jobs.sqlite3", mounts)
+    assert not on_network_filesystem("/mnt/nfs/local/jobs.sqlite3", mounts)
+    assert not on_network_filesystem("/tmp/jobs.sqlite3", mounts)
+    assert not on_network_filesystem("/runpod-volume-2/x", mounts)
