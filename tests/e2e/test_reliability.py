@@ -371,6 +371,7 @@ def test_soak_mixed_traffic_above_capacity_leaves_nothing_behind(app):
     warm = rss_mb(processes)
     asyncio.run(soak(SOAK_S * 2 / 3, 16, 100))
     after = rss_mb(processes)
+    queue_mb = rss_mb(processes[-1:])  # the job queue's replica (serving_processes)
 
     statuses = wait_final(app, jobs, timeout=120, endpoint="soak")
     deadline = time.monotonic() + 30
@@ -382,7 +383,7 @@ def test_soak_mixed_traffic_above_capacity_leaves_nothing_behind(app):
         f"{dict(sorted(outcome.items()))}\n      jobs: {dict(Counter(statuses.values()))}; "
         "engine requests left: "
         f"{stats['unfinished_requests']}; memory {warm:.0f} MB after warm-up, {after:.0f} MB"
-        " at the end"
+        f" at the end (the job queue {queue_mb:.0f} MB)"
     )
     bad = {k: v for k, v in outcome.items() if k.split()[-1].startswith("5")}
     assert set(bad) <= {f"{kind} 503" for kind in ("stream", "plain", "disconnect")}, bad
@@ -420,7 +421,18 @@ def test_secrets_appear_in_no_log_response_or_health(app):
 
 
 # ---------------------------------------------------------------- faults (destructive, last)
-def test_engine_death_mid_stream_ends_streams_and_jobs_then_the_replica_is_replaced(app):
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_hung_engine_is_stopped_its_streams_and_jobs_end_and_the_replica_is_replaced(app):
+    """The engine core stops (SIGSTOP: alive, holding its requests, making no step). The
+    stall watch kills it after ENGINE_STALL_TIMEOUT_S; from there on it is vLLM's own dead
+    engine, as after the OOM killer: streams end with an error event, a running job fails,
+    /health answers 503, and Serve replaces the replica."""
     pid = app.handle().stats.remote().result()["pid"]
     (engine,) = [p for p in psutil.Process(pid).children() if "EngineCore" in " ".join(p.cmdline())]
     job = post(
@@ -429,67 +441,6 @@ def test_engine_death_mid_stream_ends_streams_and_jobs_then_the_replica_is_repla
         {"input": {"prompt": "x", "sampling_params": {**GREEDY, "max_tokens": 1800}}},
     )
     job_id = job.json()["id"]
-
-    async def streams() -> list[tuple[list[str], float]]:
-        streaming = asyncio.Semaphore(0)
-        async with httpx.AsyncClient(base_url=app.base_url, headers=AUTH, timeout=120) as c:
-
-            async def one() -> tuple[list[str], float]:
-                body = chat(max_tokens=1800, stream=True, **GREEDY)
-                events: list[str] = []
-                async with c.stream("POST", "/v1/chat/completions", json=body) as response:
-                    async for line in response.aiter_lines():
-                        if line.startswith("data: "):
-                            events.append(line.removeprefix("data: "))
-                            if len(events) == 5:
-                                streaming.release()
-                return events, time.monotonic()
-
-            async def kill_when_all_stream() -> None:
-                for _ in range(3):
-                    await streaming.acquire()
-                engine.kill()
-
-            *results, _ = await asyncio.gather(*(one() for _ in range(3)), kill_when_all_stream())
-            return results
-
-    killed_at = time.monotonic()
-    for events, ended in asyncio.run(streams()):
-        assert ended - killed_at < 30
-        assert events[-1] == "[DONE]"
-        error = json.loads(events[-2])
-        validate("ErrorResponse", error)
-        assert len(events) < 1800  # it ended early, with the error
-    (status,) = wait_final(app, [job_id], timeout=60).values()
-    body = httpx.get(f"{app.base_url}/v2/any/status/{job_id}", headers=AUTH).json()
-    assert status == "FAILED" and body["error"], body
-
-    started = time.monotonic()
-    statuses = Counter()
-    while time.monotonic() < started + 300:
-        response = post(app, "/v1/chat/completions", chat(max_tokens=2))
-        statuses[response.status_code] += 1
-        if response.status_code == 200:
-            break
-        openai_error(response, response.status_code)
-        time.sleep(1)
-    else:
-        pytest.fail(f"no recovery within 300 s: {statuses}")
-    assert set(statuses) <= {200, 503}, statuses
-    assert app.handle().stats.remote().result()["pid"] != pid
-    print(f"\nreplica replaced, serving again {time.monotonic() - started:.0f} s after the kill")
-
-
-def gone(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def test_a_hung_engine_is_noticed_its_streams_end_and_the_replica_is_replaced(app):
-    pid = app.handle().stats.remote().result()["pid"]
-    (engine,) = [p for p in psutil.Process(pid).children() if "EngineCore" in " ".join(p.cmdline())]
 
     async def streams() -> tuple[list[list[str]], float]:
         streaming = asyncio.Semaphore(0)
@@ -510,7 +461,7 @@ def test_a_hung_engine_is_noticed_its_streams_end_and_the_replica_is_replaced(ap
             async def stop_when_both_stream() -> None:
                 for _ in range(2):
                     await streaming.acquire()
-                engine.suspend()  # SIGSTOP: alive, holding its requests, making no step
+                engine.suspend()
                 stopped.append(time.monotonic())
 
             *results, _ = await asyncio.gather(one(), one(), stop_when_both_stream())
@@ -528,13 +479,28 @@ def test_a_hung_engine_is_noticed_its_streams_end_and_the_replica_is_replaced(ap
     print(f"\nstreams of the hung engine ended {ended_after:.0f} s after it stopped")
     assert ended_after < STALL_TIMEOUT_S + 20
     for events in results:
-        assert events[-1] == "[DONE]" and len(events) < 1800
+        assert events[-1] == "[DONE]" and len(events) < 1800  # it ended early, with the error
         validate("ErrorResponse", json.loads(events[-2]))
     assert "engine" in health.json()["error"]
     wait_for(lambda: gone(engine), timeout=30)  # the replica stopped it
-    wait_for(lambda: post(app, "/v1/chat/completions", chat(max_tokens=2)).status_code == 200,
-             timeout=300, interval=1)  # fmt: skip
+    (status,) = wait_final(app, [job_id], timeout=60).values()
+    body = httpx.get(f"{app.base_url}/v2/any/status/{job_id}", headers=AUTH).json()
+    assert status == "FAILED" and body["error"], body
+
+    started = time.monotonic()
+    statuses = Counter()
+    while time.monotonic() < started + 300:
+        response = post(app, "/v1/chat/completions", chat(max_tokens=2))
+        statuses[response.status_code] += 1
+        if response.status_code == 200:
+            break
+        openai_error(response, response.status_code)
+        time.sleep(1)
+    else:
+        pytest.fail(f"no recovery within 300 s: {statuses}")
+    assert set(statuses) <= {200, 503}, statuses
     assert app.handle().stats.remote().result()["pid"] != pid
+    print(f"replica replaced, serving again {time.monotonic() - started:.0f} s after")
 
 
 def test_deleting_the_app_lets_in_flight_streams_finish(app):

@@ -6,9 +6,11 @@ Serve's own status, on the real engine on CPU. Autoscaling by load with one mode
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import requests
@@ -27,6 +29,7 @@ def app(serve_cluster, tiny_model: Path, tiny_tp_model: Path, tmp_path_factory, 
         "INGRESS_REPLICAS": "2",
         "JOB_STORE_URL": redis_url,
         "JOB_QUEUE_REPLICAS": "2",
+        "MAX_CONCURRENCY": "2",  # a burst of jobs waits in the job queues
     }
     args = {
         "models": [
@@ -96,6 +99,28 @@ def test_two_job_queue_replicas_on_redis_answer_for_each_others_jobs(app):
     # runsync answers whichever replica runs it; the output is stored once
     synced = requests.post(url + "runsync", json={"input": JOB}, timeout=60).json()
     assert synced["status"] == "COMPLETED" and synced["output"][0]["usage"]["output"] == 2
+
+
+def test_a_runsync_burst_above_capacity_completes_while_health_keeps_answering(app):
+    async def burst() -> tuple[list[dict], list[float]]:
+        health_times: list[float] = []
+        async with httpx.AsyncClient(base_url=app.base_url, timeout=120) as client:
+            job = {"input": {**JOB, "sampling_params": {"max_tokens": 32, "ignore_eos": True}}}
+            calls = [client.post("/v2/burst/runsync", json=job) for _ in range(16)]
+            running = asyncio.gather(*calls)
+            while not running.done():
+                started = time.monotonic()
+                # (503 while tiny-b is scaled to zero: the answer, not its verdict, counts)
+                assert (await client.get("/health")).status_code in (200, 503)
+                health_times.append(time.monotonic() - started)
+                await asyncio.sleep(0.2)
+            return [r.json() for r in await running], health_times
+
+    results, health_times = asyncio.run(burst())
+    assert [r["status"] for r in results] == ["COMPLETED"] * 16
+    assert all(r["output"][0]["usage"]["output"] == 32 for r in results)
+    print(f"\n/health during the burst: {len(health_times)} polls, slowest "
+          f"{max(health_times) * 1000:.0f} ms")  # fmt: skip
 
 
 def test_jobs_belong_to_the_endpoint_id_they_were_submitted_under(app):
