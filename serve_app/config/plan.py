@@ -233,6 +233,7 @@ class JobQueueOptions(BaseModel):
     max_queued_jobs: int = 10_000
     max_output_bytes: int = 64 << 20
     execution_timeout_s: float | None = 600.0
+    ttl_s: float | None = 86400.0
 
     def store_for(self, app_name: str) -> str:
         """The job store's URL for the Serve application `app_name`."""
@@ -616,6 +617,7 @@ def build_plan(
             max_queued_jobs=common["MAX_QUEUED_JOBS"],
             max_output_bytes=common["MAX_JOB_OUTPUT_BYTES"],
             execution_timeout_s=common["JOB_EXECUTION_TIMEOUT_S"] or None,
+            ttl_s=common["JOB_TTL_S"] or None,
         ),
         models=models,
     )

@@ -145,7 +145,7 @@ class JobQueue:
             input=job_input,
             created=now,
             execution_timeout_s=execution_timeout_s or self._options.execution_timeout_s,
-            ttl_s=ttl_s,
+            ttl_s=ttl_s or self._options.ttl_s,
             owner=self._owner,
             lease_until=now + LEASE_S,
         )

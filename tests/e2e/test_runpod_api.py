@@ -355,6 +355,23 @@ def test_unencodable_text_and_deep_nesting_are_400_and_user_text_is_escaped_in_l
     assert "\nFORGED-LOG-LINE" not in replicas_stderr()
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
+def test_openai_routes_answer_4xx_to_unencodable_text_and_deep_nesting(app, path):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    text = {
+        "/v1/chat/completions": b'"messages": [{"role": "user", "content": "\\ud800"}]',
+        "/v1/completions": b'"prompt": "\\ud800"',
+        "/v1/responses": b'"input": "\\ud800"',
+    }[path]
+    deep = b"[" * 5000 + b"]" * 5000
+    for body in (
+        b'{"model": "tiny", "max_tokens": 4, ' + text + b"}",
+        b'{"model": "tiny", "max_tokens": 4, "stop": ' + deep + b"}",
+    ):
+        response = requests.post(app.base_url + path, data=body, headers=headers, timeout=60)
+        assert 400 <= response.status_code < 500, (body[:60], response.text[:300])
+
+
 def test_absurd_n_is_refused_at_once_over_http_and_in_a_job(app):
     body = {"model": "tiny", "prompt": "hi", "n": 5000, "max_tokens": 5}
     response = requests.post(
