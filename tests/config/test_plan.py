@@ -14,7 +14,7 @@ from serve_app.__main__ import warn_if_open, with_scaling
 from serve_app.config.env import read_env
 from serve_app.config.errors import ConfigError
 from serve_app.config.plan import CONTROL_HEADROOM, CPU_KV_CACHE_BYTES, build_plan
-from serve_app.config.ray_env import ray_env_defaults, serve_config_for
+from serve_app.config.ray_env import loopback_haproxy, ray_env_defaults, serve_config_for
 from serve_app.engine import args as vllm_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,15 +196,21 @@ def test_ray_settings_come_from_where_ray_starts_not_from_the_config():
     ]
     defaults = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "HAPROXY_SIDE_PORTS_PUBLIC": "0",
         "RAY_worker_niceness": "0",
         "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_LOG_TO_STDERR": "1",
     }
-    assert ray_env_defaults({}) == defaults
-    assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray_env_defaults({"RAY_SERVE_ENABLE_HA_PROXY": "0"})
-    result = run_cli("ray-env", env=dict.fromkeys(defaults, ""))
-    assert result.stdout == "".join(f"export {k}={v}\n" for k, v in defaults.items())
+    applied = ray_env_defaults({})
+    wrapper = applied.pop("RAY_SERVE_HAPROXY_BINARY_PATH")  # HAProxy's side ports on loopback
+    assert applied == defaults and Path(wrapper).name.startswith("haproxy-loopback")
+    without = ray_env_defaults({"RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in without
+    assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in without
+    result = run_cli("ray-env", env=dict.fromkeys([*defaults, "RAY_SERVE_HAPROXY_BINARY_PATH"], ""))
+    expected = {**defaults, "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper}
+    assert result.stdout == "".join(f"export {k}={v}\n" for k, v in expected.items())
 
 
 def test_host_and_port_become_the_http_options_serve_starts_with(tmp_path):
@@ -232,6 +238,28 @@ def test_an_endpoint_open_beyond_this_machine_without_api_key_is_warned_about(ca
     assert not warn_if_open({"host": "127.0.0.1", "port": 8000}, {})
     assert not warn_if_open({"host": "0.0.0.0", "port": 8000}, {"API_KEY": "secret"})
     assert capsys.readouterr().err == ""
+
+
+def test_haproxy_side_listeners_are_moved_to_loopback_by_a_wrapper(tmp_path):
+    real = tmp_path / "haproxy"
+    real.write_text('#!/bin/sh\nfor a in "$@"; do echo "ARG $a"; done\ncat "$3"\n')
+    real.chmod(0o755)
+    env = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(real)}
+    wrapper = loopback_haproxy(env, tmp_path / "cache")
+    assert wrapper and wrapper != str(real)
+    assert loopback_haproxy({"RAY_SERVE_HAPROXY_BINARY_PATH": wrapper}, tmp_path) == wrapper
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "frontend prometheus\n    bind :9101\nfrontend http_frontend\n"
+        "    bind 0.0.0.0:8000\n    bind 127.0.0.1:8001\nlisten stats\n  bind *:8404\n"
+    )
+    ran = subprocess.run([wrapper, "-db", "-f", str(config), "-sf", "123"],
+                         capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    assert f"ARG {config}.loopback" in ran.stdout and "ARG -sf" in ran.stdout
+    assert "bind 127.0.0.1:9101" in ran.stdout and "bind 127.0.0.1:8404" in ran.stdout
+    assert "bind 0.0.0.0:8000" in ran.stdout  # the endpoint itself as configured
+    assert ray_env_defaults({"RAY_SERVE_ENABLE_HA_PROXY": "1", **env, "HAPROXY_SIDE_PORTS_PUBLIC":
+                             "1"}).get("RAY_SERVE_HAPROXY_BINARY_PATH") is None  # fmt: skip
 
 
 def test_cluster_deploys_carry_each_llm_deployments_scaling_and_scale_sets_its_bounds():

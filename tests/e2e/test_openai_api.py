@@ -399,3 +399,20 @@ def test_vllm_metrics_are_exported_through_rays_metrics_endpoint(app, client):
     assert all('ReplicaId="' in labels for labels, _ in buckets)
     assert sum(value for _, value in series(text, "ray_vllm_generation_tokens_total")) >= 3
     assert series(text, "ray_vllm_num_requests_running"), "no vLLM gauge on the endpoint"
+
+
+def test_haproxy_answers_on_the_endpoint_and_its_side_ports_only_on_loopback(app):
+    import psutil
+
+    from tests.conftest import descendants
+
+    haproxies = [p for p in descendants() if p.name() == "haproxy"]
+    assert haproxies
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for p in haproxies
+        for c in p.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+    side = {address for address in listening if address[1] != app.cluster.port}
+    assert side and {ip for ip, _ in side} == {"127.0.0.1"}, listening  # stats, metrics

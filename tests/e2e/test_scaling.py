@@ -1,8 +1,9 @@
 """Several models behind one router ingress (two replicas): listing and routing by `model`,
-job state shared by the router replicas and by two job queue replicas on a real Redis, jobs
-scoped to their endpoint id, and a model scaled to zero that starts on demand — read from
-Serve's own status, on the real engine on CPU. Autoscaling by load with one model
-(the LLM replicas as the ingress): test_autoscaling.py."""
+job state shared by the router replicas and by two job queue replicas on a real Redis (a
+runsync burst above the capacity of tiny-a's two LLM replicas), jobs scoped to their
+endpoint id, and a model scaled to zero that starts on demand — read from Serve's own
+status, on the real engine on CPU. Autoscaling by load with one model (the LLM replicas as
+the ingress): test_autoscaling.py."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def app(serve_cluster, tiny_model: Path, tiny_tp_model: Path, tmp_path_factory, 
             {
                 "MODEL_NAME": str(tiny_model),
                 "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny-a",
+                "MIN_REPLICAS": 2,  # jobs spread over several LLM replicas too
+                "MAX_REPLICAS": 2,
             },
             {
                 "MODEL_NAME": str(tiny_tp_model),
@@ -118,6 +121,7 @@ def test_a_runsync_burst_above_capacity_completes_while_health_keeps_answering(a
 
     results, health_times = asyncio.run(burst())
     assert [r["status"] for r in results] == ["COMPLETED"] * 16
+    assert len({r["workerId"] for r in results}) == 2  # both LLM replicas ran jobs
     assert all(r["output"][0]["usage"]["output"] == 32 for r in results)
     print(f"\n/health during the burst: {len(health_times)} polls, slowest "
           f"{max(health_times) * 1000:.0f} ms")  # fmt: skip
