@@ -52,3 +52,14 @@ def quiet_access_log(routes: Collection[str]) -> None:
         if isinstance(existing, QuietRoutes):
             serve_logger.removeFilter(existing)
     serve_logger.addFilter(QuietRoutes(routes))
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its type's name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def printable(text: str | None) -> str:
+    """User text (a model name in an error) as one log line: control characters escaped."""
+    return (text or "").encode("unicode_escape", "backslashreplace").decode("ascii")

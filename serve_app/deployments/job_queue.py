@@ -55,7 +55,7 @@ from serve_app.jobs.store import (
 from serve_app.jobs.stores import open_store
 from serve_app.jobs.translate import JobFailed, JobStarted, ReplicaBusy
 from serve_app.jobs.waiting_line import WaitingLine
-from serve_app.logs import get_logger
+from serve_app.logs import first_line, get_logger, printable
 
 logger = get_logger(__name__)
 
@@ -293,7 +293,7 @@ class JobQueue:
                             "takes it over",
                             job_id,
                             status,
-                            _first_line(exc),
+                            first_line(exc),
                         )
                     else:
                         await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
@@ -338,7 +338,7 @@ class JobQueue:
             try:
                 lost = await self._store.renew(self._owner, list(self._local), now + LEASE_S)
             except Exception as exc:
-                logger.warning("job leases not renewed: %s", _first_line(exc))
+                logger.warning("job leases not renewed: %s", first_line(exc))
                 if time.monotonic() - self._renewed <= LEASE_S - 2 * RENEW_INTERVAL_S:
                     continue
                 lost = list(self._local)
@@ -471,7 +471,7 @@ class JobQueue:
                         started = False
                         scope.reschedule(deadline)  # its execution time starts again
                         await self._store.requeue(job.id, self._owner)
-                        logger.info("job %s retried: %s", job.id, _printable(_first_line(exc)))
+                        logger.info("job %s retried: %s", job.id, printable(first_line(exc)))
                         continue
                     if status == FAILED:
                         break
@@ -489,14 +489,14 @@ class JobQueue:
         except _InputError as exc:
             status, error, output = FAILED, exc.message, exc.output
         except RayActorError as exc:
-            status, error = FAILED, f"The LLM replica running this job died: {_first_line(exc)}"
+            status, error = FAILED, f"The LLM replica running this job died: {first_line(exc)}"
         except _Retry as exc:
             status, error = FAILED, str(exc)
         except DeploymentUnavailableError:
             status, error = FAILED, f"No healthy engine for {deployment}: the deployment failed"
         except Exception as exc:
             logger.exception("job %s failed", job.id)
-            status, error = FAILED, f"{type(exc).__name__}: {_first_line(exc)}"
+            status, error = FAILED, f"{type(exc).__name__}: {first_line(exc)}"
         finally:
             if ticket is not None:
                 ticket.leave()
@@ -505,7 +505,7 @@ class JobQueue:
         if job.id in self._local:
             await self._finish(local, status, error, output)
         if status != COMPLETED:
-            logger.info("job %s ended %s: %s", job.id, status, _printable(error))
+            logger.info("job %s ended %s: %s", job.id, status, printable(error))
 
 
 class _Retry(Exception):
@@ -527,13 +527,3 @@ class _InputError(Exception):
 
 def _too_large(options: JobQueueOptions) -> str:
     return f"The job's output exceeded {options.max_output_bytes} bytes (MAX_JOB_OUTPUT_BYTES)"
-
-
-def _printable(text: str | None) -> str:
-    """User text (a model name in an error) as one log line: control characters escaped."""
-    return (text or "").encode("unicode_escape", "backslashreplace").decode("ascii")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve_app.logs import get_logger
+from serve_app.logs import first_line, get_logger
 
 logger = get_logger(__name__)
 
@@ -152,7 +152,7 @@ def resolve_model(
     except RevisionNotFoundError as exc:
         raise ModelUnavailableError(f"{what} {name!r} has no revision {revision!r}") from exc
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         if bundled is None:
             raise ModelUnavailableError(
                 f"cannot download {what} {name!r} ({reason}). On machines without access to "

@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config.plan import IngressOptions
 from serve_app.http.app import error_response, unknown_endpoint
 from serve_app.jobs.inputs import JobInput, check_encodable, request_limits
-from serve_app.logs import get_logger, quiet_access_log
+from serve_app.logs import first_line, get_logger, quiet_access_log
 
 logger = get_logger(__name__)
 
@@ -85,7 +85,7 @@ def job_routes(options: IngressOptions, jobs: DeploymentHandle) -> APIRouter:
         except (RayActorError, DeploymentUnavailableError, BackPressureError) as exc:
             logger.warning("job queue unavailable: %s", exc)
         except Exception as exc:  # the job store failed (RayTaskError wraps its error)
-            logger.warning("job queue call %s failed: %s", method, _first_line(exc))
+            logger.warning("job queue call %s failed: %s", method, first_line(exc))
         return runpod_error(503, "The job queue is unavailable; retry shortly")
 
     def found(result: Any, job_id: str) -> Any:
@@ -102,7 +102,7 @@ def job_routes(options: IngressOptions, jobs: DeploymentHandle) -> APIRouter:
         try:
             body = json.loads(await request.body())
         except (ValueError, RecursionError) as exc:
-            return runpod_error(400, f"The request body is not valid JSON: {_first_line(exc)}")
+            return runpod_error(400, f"The request body is not valid JSON: {first_line(exc)}")
         try:
             limits = request_limits(body)
             check_encodable(body)
@@ -156,8 +156,3 @@ def job_routes(options: IngressOptions, jobs: DeploymentHandle) -> APIRouter:
         return await job_call(endpoint_id, "health")
 
     return router
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
