@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,37 +187,6 @@ def replica_port(replica: psutil.Process) -> int:
     raise RuntimeError("the replica has no HTTP port answering /health")
 
 
-DONE = "[ab] client run done"
-
-
-class ResidentClient:
-    """vLLM's benchmark client in one process for many runs."""
-
-    def __init__(self) -> None:
-        loop = (
-            f"for line in sys.stdin:\n    run(json.loads(line))\n    print({DONE!r}, flush=True)\n"
-        )
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", "import json\n" + run.CLIENT_CODE + loop],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, cwd=ROOT, env=run.base_env(),
-        )  # fmt: skip
-
-    def run(self, args: list[str]) -> None:
-        assert self._process.stdin and self._process.stdout
-        self._process.stdin.write(json.dumps(args) + "\n")
-        self._process.stdin.flush()
-        for line in self._process.stdout:
-            if line.strip() == DONE:
-                return
-        raise RuntimeError(f"the benchmark client exited ({self._process.wait()})")
-
-    def close(self) -> None:
-        if self._process.stdin:
-            self._process.stdin.close()
-        self._process.wait(timeout=60)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--server", choices=sorted(run.SERVERS), default="ours")
@@ -263,7 +231,7 @@ def main() -> None:
         started = {role: main for role, (main, _) in original.items()}
         print(f"[ab] A: as started {describe(started)}, port {ports['A']}; "
               f"B: {describe(settings)}, port {ports['B']}", flush=True)  # fmt: skip
-        client = ResidentClient()
+        client = run.ResidentClient()
         try:
             client.run(run.client_args(workload, port, tokenizer, result, workload.concurrency))
             seed = 0  # the warm-up's; every run gets prompts of its own (run.client_args)

@@ -1,21 +1,23 @@
-"""Where the CPU goes while a server streams a workload, vLLM's own server beside this app.
+"""What a server spends in CPU per output token: every process of its tree, by role.
 
-    python bench/cpu.py                          # overhead workload, one run per server
-    python bench/cpu.py --workload realistic
-    python bench/cpu.py --prompts 1000           # a longer run: steadier shares
+`make bench` (bench/run.py) measures it for every server column and run: the user + system
+CPU time of all the processes the server started (psutil; Ray's processes, HAProxy, replicas,
+vLLM's engine core and workers included), from just before the benchmark client's run to just
+after it, per 1,000 output tokens. Standing costs (Ray's controller, GCS, agents) count: they
+are part of what the server costs while it serves.
 
-Each server is started as in bench/run.py, warmed up, then driven by vLLM's benchmark client
-once; the CPU time every process on the machine spent during that run (psutil, user +
-system) is printed per process, as a share of one core and in CPU milliseconds per 1,000
-output tokens, with the benchmark client's own. The serving layer's cost per token is the
-part to compare: vLLM's API server against this app's replica, HAProxy and Ray's processes.
+    python bench/cpu.py                          # one start of each server: CPU by process
+    python bench/cpu.py --workload realistic --prompts 1000 --placement own
+
+prints, for one run of each server, every process's share of a core and its CPU milliseconds
+per 1,000 output tokens: the detail behind make bench's roles, to pick what to profile
+(`py-spy top --pid PID`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import resource
+import contextlib
 import sys
 import time
 from collections import defaultdict
@@ -26,7 +28,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import run  # noqa: E402
+# The roles make bench reports, in its table's order.
+ROLES = ("API server", "replica", "engine core", "vLLM worker", "HAProxy", "Ray", "other")
 
 
 def label(process: psutil.Process) -> str:
@@ -48,58 +51,124 @@ def label(process: psutil.Process) -> str:
     return Path(first).name
 
 
-def cpu_seconds() -> dict[int, tuple[str, float]]:
-    snapshot = {}
-    for process in psutil.process_iter():
-        try:
-            times = process.cpu_times()
-            snapshot[process.pid] = (label(process), times.user + times.system)
-        except psutil.Error:
-            continue
-    return snapshot
+# Ray's processes that are not Ray workers (those carry a `ray::` title): its binaries, its
+# Python daemons by script or module, and the drivers that start it (`serve run`, this app's
+# launcher).
+RAY_LABELS = ("gcs_server", "raylet", "serve", "python -m serve_app",
+              "python -m ray.util.client.server", "python dashboard.py", "python log_monitor.py",
+              "python monitor.py", "python agent.py", "python runtime_env_agent.py")  # fmt: skip
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def role(name: str) -> str:
+    """The role of a process from its `label`."""
+    if name.startswith("VLLM::EngineCore"):
+        return "engine core"
+    if name.startswith("VLLM::"):
+        return "vLLM worker"
+    if name.startswith("ray::ServeReplica"):
+        return "replica"
+    if name == "haproxy":
+        return "HAProxy"
+    if name == "python -m vllm.entrypoints.openai.api_server":
+        return "API server"
+    if name.startswith("ray::") or name in RAY_LABELS:
+        return "Ray"
+    return "other"
 
 
-def measure(
-    workload: run.Workload, server: str, tokenizer: str, logs: Path, prompts: int | None
-) -> None:
-    port = run.free_port()
-    with run.SERVERS[server](workload, port, logs / f"cpu-{workload.name}-{server}.log"):
-        run.warm_up(workload, port, tokenizer, logs)
-        before, client_before, started = cpu_seconds(), children_cpu(), time.monotonic()
-        result = run.bench_client(workload, port, tokenizer, logs / "cpu.json", prompts, seed=1)
-        after, wall = cpu_seconds(), time.monotonic() - started
-        client = children_cpu() - client_before
-    tokens = result["total_output_tokens"]
+class ProcessTree:
+    """A server's processes: its first one and every process seen below it since (kept when
+    re-parented, as Ray's are when the process that started them exits)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._seen: dict[int, psutil.Process] = {pid: psutil.Process(pid)}
+
+    def processes(self) -> list[psutil.Process]:
+        """The tree's processes still running, looked up afresh."""
+        for process in list(self._seen.values()):
+            with contextlib.suppress(psutil.Error):
+                for child in process.children(recursive=True):
+                    self._seen.setdefault(child.pid, child)
+        return [p for p in self._seen.values() if p.is_running()]
+
+    def cpu_seconds(self) -> dict[int, tuple[str, float]]:
+        """User + system CPU seconds of each running process of the tree, with its label."""
+        found = {}
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                found[process.pid] = (label(process), times.user + times.system)
+        return found
+
+
+def spent(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by label (a process started between them
+    counts from zero; one that ended counts nothing: a server's processes live through a run)."""
     used: dict[str, float] = defaultdict(float)
     for pid, (name, seconds) in after.items():
-        if pid != os.getpid():
-            used[name] += seconds - before.get(pid, (name, 0.0))[1]
-    used["benchmark client"] = client
-    print(f"\n{server}: {tokens} output tokens in {wall:.1f} s, "
+        used[name] += seconds - before.get(pid, (name, 0.0))[1]
+    return dict(used)
+
+
+def by_role(used: dict[str, float]) -> dict[str, float]:
+    roles: dict[str, float] = defaultdict(float)
+    for name, seconds in used.items():
+        roles[role(name)] += seconds
+    return dict(roles)
+
+
+def per_1k_tokens(seconds: float, tokens: int) -> float:
+    """CPU milliseconds per 1,000 output tokens."""
+    return 1e6 * seconds / tokens if tokens else 0.0
+
+
+def measure(workload, server: str, tokenizer: str, logs: Path, prompts: int | None) -> None:
+    from bench import run
+
+    port = run.free_port()
+    start = run.SERVERS[server]
+    with start(workload, port, logs / f"cpu-{workload.name}-{server}.log") as tree:
+        client = run.ResidentClient()
+        try:
+            run.warm_up(workload, port, tokenizer, logs, client)
+            before, started = tree.cpu_seconds(), time.monotonic()
+            result = run.client_run(
+                client, workload, port, tokenizer, logs / "cpu.json", prompts, seed=1
+            )
+            after, wall = tree.cpu_seconds(), time.monotonic() - started
+        finally:
+            client.close()
+    tokens = result["total_output_tokens"]
+    used = spent(before, after)
+    print(f"\n{server} ({workload.placement} session): {tokens} output tokens in {wall:.1f} s, "
           f"{result['output_throughput']:.0f} tok/s")  # fmt: skip
-    print(f"{'process':<44} {'% of a core':>11} {'CPU ms / 1k tok':>16}")
+    print(f"{'process':<44} {'role':<12} {'% of a core':>11} {'CPU ms / 1k tok':>16}")
     for name, seconds in sorted(used.items(), key=lambda item: -item[1]):
         if seconds >= 0.005 * wall:
-            print(f"{name[:44]:<44} {100 * seconds / wall:>10.1f}% {1e6 * seconds / tokens:>16.0f}")
+            print(f"{name[:44]:<44} {role(name):<12} {100 * seconds / wall:>10.1f}% "
+                  f"{per_1k_tokens(seconds, tokens):>16.0f}")  # fmt: skip
     total = sum(used.values())
-    print(f"{'all processes':<44} {100 * total / wall:>10.1f}% {1e6 * total / tokens:>16.0f}")
+    print(f"{'all processes':<57} {100 * total / wall:>10.1f}% "
+          f"{per_1k_tokens(total, tokens):>16.0f}")  # fmt: skip
 
 
 def main() -> None:
+    from bench import run
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", choices=["overhead", "realistic"], default="overhead")
     servers = list(run.SERVERS)
     parser.add_argument("--servers", nargs="+", choices=servers, default=servers)
     parser.add_argument("--prompts", type=int, help="default: the workload's")
+    parser.add_argument("--placement", choices=run.PLACEMENTS, default="same")
     ns = parser.parse_args()
     logs = run.CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     workload = run.workloads([ns.workload])[0]
+    workload = run.dataclasses.replace(workload, placement=ns.placement)
     tokenizer = run.tokenizer_for(workload)
     for server in ns.servers:
         measure(workload, server, tokenizer, logs, ns.prompts)

@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import ROLES
+
 START = "<!-- results:start (written by bench/run.py) -->"
 END = "<!-- results:end -->"
 # A gap between two tokens of all streams, longer than this many of the run's median ITL, is
@@ -28,7 +30,18 @@ ROWS = [
         "{:.0f}",
         "delta",
     ),
+    (
+        "cpu_ms_per_1k_tok",
+        "CPU of all the server's processes per 1,000 output tokens (ms)",
+        "{:.0f}",
+        "ratio",
+    ),
 ]
+# How each placement (bench/run.py's PLACEMENTS) reads in a table's title.
+PLACEMENTS = {
+    "same": "servers in the benchmark client's session",
+    "own": "servers in a session of their own",
+}
 
 
 # The servers a table can show, in column order, by the names bench/run.py gives them;
@@ -87,8 +100,10 @@ def table(results: list[dict[str, Any]]) -> str:
     for result in results:
         w, runs = result["workload"], result["runs"]["vllm"]
         starts = len(_by_start(runs))
+        placement = PLACEMENTS[w.get("placement", "same")]
         lines += [
-            f"**{w['name']}**: `{w['served_name']}`, {w['input_len']} in / {w['output_len']} out "
+            f"**{w['name']}**, {placement}: `{w['served_name']}`, {w['input_len']} in / "
+            f"{w['output_len']} out "
             f"tokens, {w['prompts']} prompts, {w['concurrency']} concurrent (medians of "
             f"{len(runs)} runs of each server: {starts} alternated starts, "
             f"{len(runs) // starts} {'run' if len(runs) == starts else 'runs'} each)",
@@ -101,10 +116,14 @@ def table(results: list[dict[str, Any]]) -> str:
         lines += ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         theirs = medians["vllm"]
         for key, label, fmt, kind in ROWS:
+            if key not in theirs:  # a run from before the figure was measured
+                continue
             cells = [fmt.format(medians[n][key]) for n in servers]
             cells += [_compare(medians[n][key], theirs[key], kind) for n in others]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += ["", _each_run(result["runs"])]
+        if "cpu_roles" in theirs:
+            lines += ["", *cpu_table(medians, servers)]
         for job in result["jobs"]:
             sync = job["runsync"]
             lines += [
@@ -127,6 +146,22 @@ def table(results: list[dict[str, Any]]) -> str:
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+def cpu_table(medians: dict[str, Any], servers: list[str]) -> list[str]:
+    """CPU milliseconds per 1,000 output tokens by process role (bench/cpu.py's ROLES), one
+    column per server: where each spends it."""
+    roles = [r for r in ROLES if any(r in medians[n]["cpu_roles"] for n in servers)]
+    lines = [
+        "CPU per 1,000 output tokens by process role (ms, medians of the runs):",
+        "",
+        "| role | " + " | ".join(NAMES[n] for n in servers) + " |",
+        "|---" * (len(servers) + 1) + "|",
+    ]
+    for role in roles:
+        cells = [f"{medians[n]['cpu_roles'].get(role, 0.0):.0f}" for n in servers]
+        lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _interval(seconds: float) -> str:

@@ -1,6 +1,7 @@
 """Benchmark this application against vLLM's own OpenAI server, side by side, in one run.
 
-    make bench                       # both workloads, 3 alternated rounds
+    make bench                       # both workloads, both placements, 3 alternated rounds
+    python bench/run.py --workloads overhead --placements own
     python bench/run.py --workloads overhead --rounds 5 --samples 5
     python bench/run.py --peer       # and Ray Serve LLM as a third column (bench/peer.py)
     python bench/run.py --peer rayllm rayllm-direct   # as Ray ships it, and direct streaming
@@ -9,9 +10,11 @@ For each workload the same model is served with the same engine arguments (the `
 arguments this application derives from its environment, `plan`'s `vllm_argv`) by (a) vLLM's
 own server and (b) this application (`serve run`), one at a time, alternating, and each is
 driven by vLLM's own benchmark client (`vllm.benchmarks.serve`: random dataset, streaming chat
-completions, `ignore_eos`). The RunPod job path (`/runsync`, `/stream`) of this application is
-measured too. Results: a table on stdout, docs/benchmarks/results.json, a plot, and the table
-in docs/benchmarks/README.md.
+completions, `ignore_eos`), in both placements: in the client's session and in a session of
+their own (`--placements`). Each run also records the CPU the server's processes spent per
+1,000 output tokens, in all and by role (bench/cpu.py). The RunPod job path (`/runsync`,
+`/stream`) of this application is measured too. Results: a table on stdout,
+docs/benchmarks/results.json, a plot, and the table in docs/benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import jobs, peer, report  # noqa: E402
+from bench import cpu, jobs, peer, report  # noqa: E402
 from serve_app.config.plan import build_plan  # noqa: E402
 from serve_app.engine import args as vllm_args  # noqa: E402
 from serve_app.engine import vllm_engine  # noqa: E402
@@ -52,6 +55,14 @@ CACHE = ROOT / ".cache" / "bench"
 START_TIMEOUT_S = 900
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
            "median_itl_ms", "p99_itl_ms", "longest_pause_ms", "paused_ms")  # fmt: skip
+# Beside the client's figures, each run of make bench records the CPU the server's processes
+# spent per 1,000 output tokens (bench/cpu.py), in all and by role.
+CPU = "cpu_ms_per_1k_tok"
+RUN_METRICS = (*METRICS, CPU)
+# Where a server runs: in the benchmark client's session (`same`: each process competes for the
+# CPU on its own) or a session of its own (`own`: as a service manager, a container or `setsid`
+# starts it; Linux's autogroup then shares the CPU between the two sessions).
+PLACEMENTS = ("same", "own")
 
 
 @dataclass
@@ -69,6 +80,7 @@ class Workload:
     # its median TTFT still moved by ±15 % from one to the next: two per start.
     samples: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    placement: str = "same"  # PLACEMENTS
 
 
 def workloads(names: list[str]) -> list[Workload]:
@@ -135,24 +147,29 @@ def sigterm_as_exit() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running(command: list[str], env: dict[str, str], health_url: str, log: Path) -> Iterator[None]:
-    """Run a server until the block ends; every process it started is stopped after, also
-    when this process is stopped by SIGINT or SIGTERM.
+def running(
+    command: list[str], env: dict[str, str], health_url: str, log: Path, placement: str = "same"
+) -> Iterator[cpu.ProcessTree]:
+    """Run a server until the block ends (the block gets its process tree); every process it
+    started is stopped after, also when this process is stopped by SIGINT or SIGTERM.
 
-    The server gets its own process group (to stop it) but stays in this session: Linux's
-    autogroup scheduler shares the CPU between sessions, not processes, and a server in a
-    session of its own starved the benchmark client (in this session) for 0.2-5 s at a time
-    on two cores, whichever server it was (docs/benchmarks, decision 9)."""
+    `same`: the server gets its own process group (to stop it) but stays in this session,
+    where each of its processes competes for the CPU on its own. `own`: a session of its own;
+    Linux's autogroup scheduler then shares the CPU between the sessions, not the processes (a
+    server there starved the benchmark client for 0.2-5 s at a time on two cores, whichever
+    server it was: docs/benchmarks, decision 9)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement {placement!r}: expected one of {PLACEMENTS}")
+    where = {"start_new_session": True} if placement == "own" else {"process_group": 0}
     with sigterm_as_exit(), open(log, "w") as out:
         process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0,
+            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, **where,
         )  # fmt: skip
-        tree: dict[int, psutil.Process] = {}
+        tree = cpu.ProcessTree(process.pid)
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
             while True:
-                for child in psutil.Process(process.pid).children(recursive=True):
-                    tree.setdefault(child.pid, child)
+                tree.processes()
                 if process.poll() is not None:
                     raise RuntimeError(f"server exited ({process.returncode}); see {log}")
                 with contextlib.suppress(httpx.HTTPError):
@@ -161,18 +178,16 @@ def running(command: list[str], env: dict[str, str], health_url: str, log: Path)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"server not healthy after {START_TIMEOUT_S} s; see {log}")
                 time.sleep(2)
-            yield
+            yield tree
         finally:
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(process.pid).children(recursive=True):
-                    tree.setdefault(child.pid, child)
+            alive = tree.processes()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGINT)
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-            alive = [p for p in tree.values() if p.is_running()]
+            alive = [p for p in alive if p.is_running()]
             for proc in alive:
                 with contextlib.suppress(psutil.Error):
                     proc.terminate()
@@ -214,7 +229,7 @@ def vllm_server(workload: Workload, port: int, log: Path):
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv,
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     env = {**base_env(), **engine.env_vars}
-    return running(command, env, f"http://127.0.0.1:{port}/health", log)
+    return running(command, env, f"http://127.0.0.1:{port}/health", log, workload.placement)
 
 
 def ray_serve_llm_server(workload: Workload, port: int, log: Path, direct_streaming: bool = False):
@@ -228,7 +243,8 @@ def ray_serve_llm_server(workload: Workload, port: int, log: Path, direct_stream
     if direct_streaming:
         own |= peer.DIRECT_STREAMING_ENV
     command = [serve, "run", str(serve_config_file(config))]
-    return running(command, {**base_env(), **own}, f"http://127.0.0.1:{port}/v1/models", log)
+    url = f"http://127.0.0.1:{port}/v1/models"
+    return running(command, {**base_env(), **own}, url, log, workload.placement)
 
 
 def our_server(workload: Workload, port: int, log: Path):
@@ -236,7 +252,8 @@ def our_server(workload: Workload, port: int, log: Path):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     command = [sys.executable, "-m", "serve_app", "serve", str(serve_config_file(config))]
-    return running(command, app_env(workload), f"http://127.0.0.1:{port}/health", log)
+    url = f"http://127.0.0.1:{port}/health"
+    return running(command, app_env(workload), url, log, workload.placement)
 
 
 def client_args(
@@ -282,7 +299,51 @@ def read_result(result: Path) -> dict[str, Any]:
     return {**figures, **pauses(figures)}
 
 
-def bench_client(
+DONE = "[bench] client run done"
+
+
+class ResidentClient:
+    """vLLM's benchmark client in one process for many runs: imported once, so a run takes
+    the seconds of its requests, not the ~10 s of a fresh client's imports, and the CPU a
+    server spends during a run is the CPU of the run. It runs in this session."""
+
+    def __init__(self) -> None:
+        loop = (
+            f"for line in sys.stdin:\n    run(json.loads(line))\n    print({DONE!r}, flush=True)\n"
+        )
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "import json\n" + CLIENT_CODE + loop],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, cwd=ROOT, env=base_env(),
+        )  # fmt: skip
+
+    def run(self, args: list[str]) -> None:
+        assert self._process.stdin and self._process.stdout
+        self._process.stdin.write(json.dumps(args) + "\n")
+        self._process.stdin.flush()
+        for line in self._process.stdout:
+            if line.strip() == DONE:
+                return
+        raise RuntimeError(f"the benchmark client exited ({self._process.wait()})")
+
+    def close(self) -> None:
+        if self._process.stdin:
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+    def __enter__(self) -> ResidentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def client_run(
+    client: ResidentClient,
     workload: Workload,
     port: int,
     tokenizer: str,
@@ -290,12 +351,28 @@ def bench_client(
     prompts: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """One run of vLLM's benchmark client, in a process of its own; its result JSON."""
-    code = CLIENT_CODE + "run(sys.argv[1:])\n"
-    args = client_args(workload, port, tokenizer, result, prompts, seed)
-    subprocess.run([sys.executable, "-c", code, *args], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL, env=base_env())  # fmt: skip
+    """One run of vLLM's benchmark client; its result JSON, with the pauses."""
+    client.run(client_args(workload, port, tokenizer, result, prompts, seed))
     return read_result(result)
+
+
+def measured_run(
+    client: ResidentClient,
+    server: cpu.ProcessTree,
+    workload: Workload,
+    port: int,
+    tokenizer: str,
+    result: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """One run of the client with the CPU the server's processes spent during it: the run's
+    figures (RUN_METRICS) and `cpu_roles`, CPU ms per 1,000 output tokens by role."""
+    before = server.cpu_seconds()
+    figures = client_run(client, workload, port, tokenizer, result, seed=seed)
+    roles = cpu.by_role(cpu.spent(before, server.cpu_seconds()))
+    tokens = figures["total_output_tokens"]
+    per_role = {role: cpu.per_1k_tokens(seconds, tokens) for role, seconds in roles.items()}
+    return {**{m: figures[m] for m in METRICS}, CPU: sum(per_role.values()), "cpu_roles": per_role}
 
 
 def _gaps_s(figures: dict[str, Any]) -> list[float]:
@@ -347,12 +424,14 @@ def tokenizer_for(workload: Workload) -> str:
     return engine_for(workload).options["model"]
 
 
-def warm_up(workload: Workload, port: int, tokenizer: str, logs: Path) -> None:
+def warm_up(
+    workload: Workload, port: int, tokenizer: str, logs: Path, client: ResidentClient
+) -> None:
     """One request per concurrent slot (seed 0; measured runs use 1, 2, ...), results discarded."""
-    bench_client(workload, port, tokenizer, logs / "warmup.json", workload.concurrency, seed=0)
+    client_run(client, workload, port, tokenizer, logs / "warmup.json", workload.concurrency)
 
 
-Start = Callable[[Workload, int, Path], contextlib.AbstractContextManager[None]]
+Start = Callable[[Workload, int, Path], contextlib.AbstractContextManager[cpu.ProcessTree]]
 
 
 def alternate(
@@ -365,26 +444,29 @@ def alternate(
     """`rounds` alternated starts of each named server (a start function and the variables it
     adds to the workload's environment), warmed up, then `workload.samples` client runs per
     start; each run's metrics, by server. `after_runs(name, round, url, workload)` runs while
-    the server is still up."""
+    the server is still up. Each run also records the CPU the server spent (`measured_run`)."""
     tokenizer = tokenizer_for(workload)
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-    for index in range(rounds):
-        for name, (start, env) in servers.items():
-            served = dataclasses.replace(workload, env={**workload.env, **env})
-            port = free_port()
-            log = logs / f"{workload.name}-{name}-{index}.log"
-            print(f"[bench] {workload.name}: {name}, round {index + 1}/{rounds}", flush=True)
-            with start(served, port, log):
-                warm_up(served, port, tokenizer, logs)
-                for sample in range(workload.samples):
-                    result = bench_client(
-                        served, port, tokenizer, logs / f"{log.stem}-{sample}.json", seed=1 + sample
-                    )
-                    runs[name].append({"round": index, **{m: result[m] for m in METRICS}})
-                    print(f"[bench] {name}: " + ", ".join(
-                        f"{m} {result[m]:.1f}" for m in METRICS), flush=True)  # fmt: skip
-                if after_runs:
-                    after_runs(name, index, f"http://127.0.0.1:{port}", served)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    with ResidentClient() as client:
+        for index in range(rounds):
+            for name, (start, env) in servers.items():
+                served = dataclasses.replace(workload, env={**workload.env, **env})
+                port = free_port()
+                log = logs / f"{workload.name}-{workload.placement}-{name}-{index}.log"
+                print(f"[bench] {workload.name} ({workload.placement} session): {name}, "
+                      f"round {index + 1}/{rounds}", flush=True)  # fmt: skip
+                with start(served, port, log) as tree:
+                    warm_up(served, port, tokenizer, logs, client)
+                    for sample in range(workload.samples):
+                        result = logs / f"{log.stem}-{sample}.json"
+                        figures = measured_run(
+                            client, tree, served, port, tokenizer, result, seed=1 + sample
+                        )
+                        runs[name].append({"round": index, **figures})
+                        print(f"[bench] {name}: " + ", ".join(
+                            f"{m} {figures[m]:.1f}" for m in RUN_METRICS), flush=True)  # fmt: skip
+                    if after_runs:
+                        after_runs(name, index, f"http://127.0.0.1:{port}", served)
     return runs
 
 
@@ -401,19 +483,31 @@ def variants_of(ns: argparse.Namespace) -> dict[str, dict[str, str]]:
     return {name: dict(pair.split("=", 1) for pair in pairs) for name, *pairs in ns.variant}
 
 
-def medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
-    return {s: {m: statistics.median(r[m] for r in rs) for m in METRICS} for s, rs in runs.items()}
+def medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each server's median of every metric its runs have, and of each role's CPU
+    (`cpu_roles`; a role a run lacks counts 0 there)."""
+    found: dict[str, dict[str, Any]] = {}
+    for server, rs in runs.items():
+        found[server] = {m: statistics.median(r[m] for r in rs) for m in RUN_METRICS if m in rs[0]}
+        if "cpu_roles" in rs[0]:
+            roles = {role for r in rs for role in r["cpu_roles"]}
+            found[server]["cpu_roles"] = {
+                role: statistics.median(r["cpu_roles"].get(role, 0.0) for r in rs)
+                for role in sorted(roles, key=cpu.ROLES.index)
+            }
+    return found
 
 
 def run_workload(
     workload: Workload, rounds: int, logs: Path, peers: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Both servers (and the `peers` named) alternated (medians over all runs of each), and
-    this app's RunPod job path measured once, after its first start's runs."""
+    this app's RunPod job path measured once, after its first start's runs in the client's
+    session (`same` placement)."""
     job_runs: list[dict[str, Any]] = []
 
     def measure_jobs(name: str, index: int, url: str, served: Workload) -> None:
-        if name == "ours" and index == 0:
+        if name == "ours" and index == 0 and served.placement == "same":
             job_runs.append(jobs.measure(url, served))
 
     starts = SERVERS | {name: PEERS[name] for name in peers}
@@ -437,6 +531,11 @@ def main() -> None:
         help="more columns: Ray Serve LLM (ray.serve.llm) on the same workload, as Ray ships it "
         "(rayllm, the default) and with its direct streaming (rayllm-direct); bench/peer.py",
     )  # fmt: skip
+    parser.add_argument(
+        "--placements", nargs="+", choices=PLACEMENTS, default=list(PLACEMENTS),
+        help="where the servers run: in the client's session (same) and/or one of their own "
+        "(own); each workload is measured in each",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ns = parser.parse_args()
     report.check_plotting()
@@ -447,7 +546,11 @@ def main() -> None:
     if ns.samples:
         chosen = [dataclasses.replace(w, samples=ns.samples) for w in chosen]
     peers = () if ns.peer is None else tuple(ns.peer or ["rayllm"])
-    results = [run_workload(w, ns.rounds, logs, peers) for w in chosen]
+    results = [
+        run_workload(dataclasses.replace(w, placement=placement), ns.rounds, logs, peers)
+        for w in chosen
+        for placement in ns.placements
+    ]
     command = "python bench/run.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
     report.write(results, ns.out, command=command, date=started)
 
