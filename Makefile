@@ -54,8 +54,9 @@ lint: setup
 	$(VENV)/bin/shellcheck -x cluster/*.sh .ci/run
 	$(VENV)/bin/hadolint Dockerfile
 
-# Side-by-side benchmark against vLLM's own server (about an hour on 2 cores: 3 alternated
-# starts of each server); see docs/benchmarks/. BENCH_ARGS go to bench/run.py, e.g.
+# Side-by-side benchmark against vLLM's own server (about two hours on 2 cores: 3 alternated
+# starts of each server, with the servers in the client's session and in one of their own);
+# see docs/benchmarks/. BENCH_ARGS go to bench/run.py, e.g. BENCH_ARGS="--placements same".
 # BENCH_ARGS="--peer rayllm rayllm-direct --rounds 2" adds Ray Serve LLM's columns.
 bench: setup
 	$(call install,$(EXTRAS)$(comma)bench)

@@ -2,6 +2,7 @@
 environment variables, alternated on one workload; each run's figures, then medians and ratios.
 
     python bench/variants.py realistic --rounds 3 --variant nice0 RAY_worker_niceness=0
+    python bench/variants.py overhead --placement own --variant engine0 LLM_ENGINE_NICENESS=0
 
 Each variant is this application started as bench/run.py starts it, with the given variables
 added to its environment (read by Ray where `serve run` starts it, and by the application).
@@ -29,26 +30,29 @@ def main() -> None:
     parser.add_argument(
         "--samples", type=int, help="client runs per start (default: overhead 3, realistic 2)"
     )
+    parser.add_argument("--placement", choices=run.PLACEMENTS, default="same")
     run.add_variant_option(parser)
     ns = parser.parse_args()
     variants = run.variants_of(ns)
     out = run.CACHE / "variants"
     out.mkdir(parents=True, exist_ok=True)
-    base = run.workloads([ns.workload])[0]
+    base = dataclasses.replace(run.workloads([ns.workload])[0], placement=ns.placement)
     if ns.samples:
         base = dataclasses.replace(base, samples=ns.samples)
     servers = {"vllm": (run.vllm_server, {}), "ours": (run.our_server, {})} | {
         name: (run.our_server, env) for name, env in variants.items()
     }
     runs = run.alternate(base, servers, ns.rounds, out)
-    (out / f"{ns.workload}-runs.json").write_text(json.dumps(runs, indent=1))
+    (out / f"{ns.workload}-{ns.placement}-runs.json").write_text(json.dumps(runs, indent=1))
     medians = run.medians(runs)
     theirs = medians["vllm"]
     for name, med in medians.items():
         ratios = ", ".join(
-            f"{m} {med[m]:.1f} ({report.ratio(med[m], theirs[m])})" for m in run.METRICS
+            f"{m} {med[m]:.1f} ({report.ratio(med[m], theirs[m])})" for m in run.RUN_METRICS
         )
         print(f"[variants] median {name}: {ratios}")
+        roles = ", ".join(f"{role} {ms:.0f}" for role, ms in med["cpu_roles"].items())
+        print(f"[variants] {name}: CPU ms per 1,000 output tokens by role: {roles}")
 
 
 if __name__ == "__main__":
