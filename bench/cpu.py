@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 from collections import defaultdict
@@ -130,17 +131,14 @@ def measure(workload, server: str, tokenizer: str, logs: Path, prompts: int | No
 
     port = run.free_port()
     start = run.SERVERS[server]
-    with start(workload, port, logs / f"cpu-{workload.name}-{server}.log") as tree:
-        client = run.ResidentClient()
-        try:
-            run.warm_up(workload, port, tokenizer, logs, client)
-            before, started = tree.cpu_seconds(), time.monotonic()
-            result = run.client_run(
-                client, workload, port, tokenizer, logs / "cpu.json", prompts, seed=1
-            )
-            after, wall = tree.cpu_seconds(), time.monotonic() - started
-        finally:
-            client.close()
+    log = logs / f"cpu-{workload.name}-{server}.log"
+    with start(workload, port, log) as tree, run.ResidentClient() as client:
+        run.warm_up(workload, port, tokenizer, logs, client)
+        before, started = tree.cpu_seconds(), time.monotonic()
+        result = run.client_run(
+            client, workload, port, tokenizer, logs / "cpu.json", prompts, seed=1
+        )
+        after, wall = tree.cpu_seconds(), time.monotonic() - started
     tokens = result["total_output_tokens"]
     used = spent(before, after)
     print(f"\n{server} ({workload.placement} session): {tokens} output tokens in {wall:.1f} s, "
@@ -167,8 +165,7 @@ def main() -> None:
     ns = parser.parse_args()
     logs = run.CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    workload = run.workloads([ns.workload])[0]
-    workload = run.dataclasses.replace(workload, placement=ns.placement)
+    workload = dataclasses.replace(run.workloads([ns.workload])[0], placement=ns.placement)
     tokenizer = run.tokenizer_for(workload)
     for server in ns.servers:
         measure(workload, server, tokenizer, logs, ns.prompts)
