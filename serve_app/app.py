@@ -1,6 +1,7 @@
 """The Ray Serve application: `import_path: serve_app.app:build_app` in serve_config.yaml.
 
 One model:      client --HTTP--> LLM replica (FastAPI + vLLM AsyncLLM)      [ingress: llm]
+                (several replicas: HAProxy asks RoutePicker which, by ROUTING_POLICY)
 Several models: client --HTTP--> Ingress (FastAPI) --handle--> LLM replicas [ingress: router]
 RunPod jobs:    ingress --handle--> JobQueue --handle--> LLM replicas
 """
@@ -19,6 +20,7 @@ from serve_app.config.plan import AppPlan, ModelDeployment, build_plan
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.job_queue import JobQueue
 from serve_app.deployments.llm_server import LLMIngressServer, LLMServer
+from serve_app.deployments.route_picker import RoutePicker
 from serve_app.engine import args as vllm_args
 from serve_app.logs import get_logger
 
@@ -32,6 +34,15 @@ LLMIngressDeployment = serve.deployment(serve.ingress()(LLMIngressServer))
 # request already: no access log of its own (its failures are still logged).
 JobQueueDeployment = serve.deployment(
     JobQueue,
+    max_ongoing_requests=100_000,
+    ray_actor_options={"num_cpus": 0},
+    logging_config={"enable_access_log": False},
+)
+
+# On HAProxy's path of every request: never throttled by Serve's default limit; no GPU or CPU
+# reserved (it only picks).
+RoutePickerDeployment = serve.deployment(
+    RoutePicker,
     max_ongoing_requests=100_000,
     ray_actor_options={"num_cpus": 0},
     logging_config={"enable_access_log": False},
@@ -69,7 +80,8 @@ def check_placement(plan: AppPlan) -> None:
         raise ConfigError(problems)
 
 
-def warn_without_haproxy() -> None:
+def haproxy_on() -> bool:
+    """Serve's HAProxy ingress is on (warned otherwise)."""
     # Serve's own reading of the setting (where Ray started), which it exposes nowhere public.
     from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
 
@@ -79,11 +91,35 @@ def warn_without_haproxy() -> None:
             "carries every request and costs about two thirds of the streaming throughput. "
             "Start Ray with it (`make serve`, the container and cluster/ scripts do)."
         )
+    return bool(RAY_SERVE_ENABLE_HA_PROXY)
+
+
+def with_route_picker(llm: Application, model: ModelDeployment) -> Application:
+    """The one-model ingress with HAProxy asking RoutePicker which replica takes each POST."""
+    from ray.serve._private.constants import RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
+
+    if model.serve.routing.policy == "prefix" and not RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY:
+        logger.warning(
+            "Ray was started without RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1: HAProxy "
+            "does not show the router the prompts, so ROUTING_POLICY=prefix routes HTTP requests "
+            "by x-session-id and load only. Start Ray with it (`make serve` and the container do)."
+        )
+    # Serve's hook for an ingress request router: internal, the one Ray Serve LLM's direct
+    # streaming uses; checked here so that another Ray fails at deploy, saying so.
+    if not hasattr(llm, "_with_ingress_request_router"):
+        raise ConfigError(
+            [
+                "this Ray has no ingress request router hook (Ray 2.60's "
+                "Application._with_ingress_request_router): install the Ray pinned in "
+                "pyproject.toml, or set ROUTING_POLICY=least_loaded"
+            ]
+        )
+    return llm._with_ingress_request_router(RoutePickerDeployment.bind(llm))
 
 
 def build_from_plan(plan: AppPlan) -> Application:
     check_placement(plan)
-    warn_without_haproxy()
+    haproxy = haproxy_on()
     for model in plan.models:
         for note in model.notes:
             logger.info("%s: %s", model.deployment_name, note)
@@ -92,7 +128,10 @@ def build_from_plan(plan: AppPlan) -> Application:
     )
     if plan.ingress.mode == "llm":
         (model,) = plan.models
-        return llm_deployment(model, LLMIngressDeployment, plan.ingress, jobs)
+        llm = llm_deployment(model, LLMIngressDeployment, plan.ingress, jobs)
+        # Behind HAProxy, the deployment's request router only picks for handle calls (jobs):
+        # HAProxy asks the RoutePicker for HTTP. Serve's Python proxy uses the router itself.
+        return with_route_picker(llm, model) if haproxy and model.serve.routes_by_policy else llm
     llms = {model.deployment_name: llm_deployment(model) for model in plan.models}
     return Ingress.options(num_replicas=plan.ingress.num_replicas).bind(plan.ingress, llms, jobs)
 

@@ -177,5 +177,9 @@ class FakeEngine:
     def unfinished_requests(self) -> int:
         return self.unfinished
 
+    @property
+    def kv_cache_tokens(self) -> int:
+        return 4096
+
     def shutdown(self) -> None:
         return None

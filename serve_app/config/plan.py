@@ -40,6 +40,8 @@ CONTROL_HEADROOM = 32
 # Keys of serve_config.yaml `args` that are not environment variables.
 MODELS_KEY = "models"
 
+ROUTER_CLASS = "serve_app.routing.serve_router:PolicyRouter"
+
 
 class Storage(BaseModel):
     base_path: str
@@ -61,6 +63,28 @@ class Autoscaling(BaseModel):
             **self.model_dump(),
             "initial_replicas": self.min_replicas,
             "downscale_to_zero_delay_s": self.downscale_delay_s,
+        }
+
+
+class Routing(BaseModel):
+    """ROUTING_POLICY: which replica of a model takes each request (serve_app/routing/).
+
+    `least_loaded` is Serve's own choice (HAProxy's leastconn over HTTP, power of two choices
+    on handles); the others are this application's request router on every path."""
+
+    policy: Literal["prefix", "least_loaded", "round_robin"] = "prefix"
+    max_imbalance: int = 4
+
+    @property
+    def custom(self) -> bool:
+        return self.policy != "least_loaded"
+
+    def request_router_config(self) -> dict[str, Any]:
+        """Serve's `request_router_config` of the deployment (the class named, not imported:
+        this layer imports no runtime module)."""
+        return {
+            "request_router_class": ROUTER_CLASS,
+            "request_router_kwargs": {"policy": self.policy, "max_imbalance": self.max_imbalance},
         }
 
 
@@ -104,6 +128,7 @@ class ServeOptions(BaseModel):
     placement: ReplicaPlacement
     check_placement: bool = True
     host: HostTuning
+    routing: Routing = Routing()
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -111,6 +136,14 @@ class ServeOptions(BaseModel):
         """Serve's limit sits above the generation slots: short requests (health, models,
         job status) are never stuck behind generations."""
         return self.max_concurrency + self.max_queued_requests + CONTROL_HEADROOM
+
+    @property
+    def routes_by_policy(self) -> bool:
+        """This application's request router picks the replicas (ROUTING_POLICY): with more
+        than one replica to pick from, and never none (a request that arrives while the model
+        is scaled to zero waits in Serve's own path for the first replica)."""
+        scaling = self.autoscaling
+        return self.routing.custom and scaling.max_replicas > 1 and scaling.min_replicas >= 1
 
     def deployment_options(self) -> dict[str, Any]:
         scaling = self.autoscaling
@@ -126,6 +159,11 @@ class ServeOptions(BaseModel):
             "health_check_timeout_s": self.health_check_timeout_s,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
             **self.placement.deployment_options(),
+            **(
+                {"request_router_config": self.routing.request_router_config()}
+                if self.routes_by_policy
+                else {}
+            ),
         }
 
 
@@ -497,6 +535,11 @@ def build_model_deployment(
     for name in VLLM_ENV_SETTINGS:  # read by vLLM in the replica, from its environment
         if values[name]:
             env_vars[name] = "1"
+    if values["ROUTING_POLICY"] != "least_loaded" and autoscaling.min_replicas == 0:
+        notes.append(
+            f"ROUTING_POLICY={values['ROUTING_POLICY']} needs MIN_REPLICAS>=1: with scale to "
+            "zero, Serve's own least-loaded routing"
+        )
     return ModelDeployment(
         deployment_name=deployment_name,
         model_name=values["MODEL_NAME"],
@@ -515,6 +558,9 @@ def build_model_deployment(
             placement=placement,
             check_placement=not values["SKIP_PLACEMENT_CHECK"],
             host=host_tuning(values, platform),
+            routing=Routing(
+                policy=values["ROUTING_POLICY"], max_imbalance=values["ROUTING_MAX_IMBALANCE"]
+            ),
         ),
         env_vars=env_vars,
         jobs=JobOutputOptions(

@@ -115,6 +115,11 @@ class LLMServer:
             "waiting": self.slots.waiting,
         }
 
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Serve's routing stats of this replica, which the request router reads
+        (serve_app/routing/): how many tokens its KV cache holds."""
+        return {"kv_cache_tokens": self._engine.kv_cache_tokens if self._engine else 0}
+
     async def _engine_alive(self) -> bool:
         try:
             await self.check_health()

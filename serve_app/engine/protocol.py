@@ -40,6 +40,12 @@ class Engine(Protocol):
         """Requests the engine is working on (running or waiting in its scheduler)."""
         ...
 
+    @property
+    def kv_cache_tokens(self) -> int:
+        """Tokens the engine's KV cache holds (0 if unknown): what request routing may assume
+        a replica keeps of the prompts it was sent."""
+        ...
+
     def shutdown(self) -> None:
         """Stop the engine and its processes."""
         ...

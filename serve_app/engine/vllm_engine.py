@@ -262,6 +262,12 @@ class VLLMEngine:
     def unfinished_requests(self) -> int:
         return self._engine.get_num_unfinished_requests()
 
+    @property
+    def kv_cache_tokens(self) -> int:
+        # The engine core reports its blocks at start-up into the front end's cache config.
+        cache = self._engine.vllm_config.cache_config
+        return int(cache.num_gpu_blocks or 0) * int(cache.block_size or 0)
+
     async def _log_stats_periodically(self) -> None:
         """What `vllm serve`'s lifespan does: every VLLM_LOG_STATS_INTERVAL seconds, vLLM's stat
         loggers log (its throughput and cache line) and export (in a Ray cluster, the copy of

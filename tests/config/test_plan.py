@@ -196,6 +196,7 @@ def test_ray_settings_come_from_where_ray_starts_not_from_the_config():
     ]
     defaults = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
         "HAPROXY_SIDE_PORTS_PUBLIC": "0",
         "RAY_worker_niceness": "0",
         "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
@@ -493,3 +494,27 @@ def test_job_polls_are_left_out_of_the_access_log_unless_asked_for():
         is True
     )  # the router's too
     assert problems_of({"LOG_JOB_POLLS": "maybe"})[0].startswith("LOG_JOB_POLLS='maybe'")
+
+
+def test_routing_policy_sets_the_request_router_of_deployments_with_replicas_to_choose_from():
+    def options(env: dict[str, str]) -> dict:
+        return plan_of(env).models[0].serve.deployment_options()
+
+    router = options({"MAX_REPLICAS": "2"})["request_router_config"]
+    assert router == {
+        "request_router_class": "serve_app.routing.serve_router:PolicyRouter",
+        "request_router_kwargs": {"policy": "prefix", "max_imbalance": 4},
+    }
+    two = {"MIN_REPLICAS": "2", "MAX_REPLICAS": "2"}
+    kwargs = options({**two, "ROUTING_POLICY": "round_robin", "ROUTING_MAX_IMBALANCE": "1"})
+    assert kwargs["request_router_config"]["request_router_kwargs"] == {
+        "policy": "round_robin",
+        "max_imbalance": 1,
+    }
+    # Serve's own routing: one replica (nothing to choose), least_loaded, or scale to zero
+    assert "request_router_config" not in options({})
+    assert "request_router_config" not in options({**two, "ROUTING_POLICY": "least_loaded"})
+    zero = plan_of({"MIN_REPLICAS": "0", "MAX_REPLICAS": "2"}).models[0]
+    assert "request_router_config" not in zero.serve.deployment_options()
+    assert any("ROUTING_POLICY=prefix needs MIN_REPLICAS>=1" in note for note in zero.notes)
+    assert problems_of({"ROUTING_POLICY": "sticky"})[0].startswith("ROUTING_POLICY='sticky'")

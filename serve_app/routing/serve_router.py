@@ -1,0 +1,149 @@
+"""ROUTING_POLICY as a Ray Serve request router, set on every LLM deployment
+(`request_router_config`): each caller of the deployment (the router ingress, the job queue,
+the ingress request router in front of HAProxy) routes by it with state of its own.
+
+Loads are Serve's queue-length cache of this caller (running and queued requests per replica,
+from the replicas' own answers); a caller that only picks (the ingress request router: the
+request then goes from HAProxy to the replica, not through this caller) counts what it sent
+and refreshes the loads from the replicas twice a second while it routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+from serve_app.logs import get_logger
+from serve_app.routing.policy import REASONS, Policy, affinity_key, routing_text
+
+logger = get_logger(__name__)
+
+ROUTE_ONLY = "_serve_app_route_only"  # kwarg of a pick whose request goes out of band
+SESSION = "_serve_app_session"  # kwarg: the client's session header, if any
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 2.0
+PROBE_IDLE_AFTER_S = 10.0  # no probing once nothing has been routed for this long
+KV_CACHE_TOKENS = "kv_cache_tokens"  # the replicas' routing stats (LLMServer)
+
+
+def request_body(args: list[Any], kwargs: Mapping[str, Any]) -> tuple[Mapping | None, str | None]:
+    """The request's JSON body and session header, from a call's arguments: an HttpRequest
+    (router ingress), a RunPod job input (job queue) or a body (ingress request router)."""
+    session = kwargs.get(SESSION)
+    for arg in args:
+        if isinstance(arg, Mapping):
+            inner = arg.get("openai_input")
+            return (inner if isinstance(inner, Mapping) else arg), session
+        body = getattr(arg, "body", None)
+        if isinstance(body, bytes | bytearray) and body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                return None, session
+            headers = getattr(arg, "headers", None) or []
+            session = session or _header(headers, b"x-session-id")
+            return (parsed if isinstance(parsed, Mapping) else None), session
+    return None, session
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class PolicyRouter(RequestRouter):
+    """Routes by serve_app.routing.policy; kwargs: `policy`, `max_imbalance`."""
+
+    def initialize_state(self, policy: str = "prefix", max_imbalance: int = 4, **_: Any) -> None:
+        self._policy = Policy(policy, max_imbalance)  # type: ignore[arg-type]
+        self._last_routed = 0.0
+        self._prober: asyncio.Task | None = None
+        self._decisions: Any = None
+        try:
+            from ray.serve import metrics
+
+            self._decisions = metrics.Counter(
+                "serve_app_routing_decisions",
+                description="LLM routing decisions by policy and reason (ROUTING_POLICY).",
+                tag_keys=("deployment", "policy", "reason"),
+            )
+        except Exception as exc:  # metrics are not essential to routing
+            logger.warning("routing metrics unavailable: %s", exc)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        self._policy.index.set_replicas(r.replica_id.to_full_id_str() for r in replicas)
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        by_id = {r.replica_id.to_full_id_str(): r for r in candidate_replicas}
+        loads = {}
+        for rid, replica in by_id.items():
+            loads[rid] = self._replica_queue_len_cache.get(replica.replica_id) or 0
+            tokens = (replica.routing_stats or {}).get(KV_CACHE_TOKENS)
+            if isinstance(tokens, int) and tokens > 0:
+                self._policy.index.set_capacity(rid, tokens)
+        body, session = (None, None)
+        route_only = False
+        if pending_request is not None:
+            body, session = request_body(pending_request.args, pending_request.kwargs)
+            session = session or getattr(pending_request.metadata, "session_id", None) or None
+            route_only = bool(pending_request.kwargs.get(ROUTE_ONLY))
+        text = routing_text(body) if body else None
+        affinity = affinity_key(body or {}, session)
+        decision = self._policy.choose(list(by_id), loads, text, affinity)
+        chosen = by_id[decision.replica]
+        if self._decisions is not None:
+            self._decisions.inc(
+                tags={
+                    "deployment": self._deployment_id.name,
+                    "policy": self._policy.name,
+                    "reason": decision.reason,
+                }
+            )
+        if route_only:  # Serve counts what it sends itself; this request goes out of band
+            self.on_send_request(chosen.replica_id)
+            self._keep_loads_fresh()
+        others = sorted(
+            (r for rid, r in by_id.items() if rid != decision.replica),
+            key=lambda r: loads[r.replica_id.to_full_id_str()],
+        )
+        # Serve takes the first rank's replica if it has room, else the next rank's.
+        return [[chosen], others] if others else [[chosen]]
+
+    def _keep_loads_fresh(self) -> None:
+        self._last_routed = time.monotonic()
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        """Refresh every replica's load from the replica while requests are being routed."""
+        while time.monotonic() - self._last_routed < PROBE_IDLE_AFTER_S:
+            replicas = list(self.curr_replicas.values())
+
+            async def one(replica: RunningReplica) -> None:
+                with contextlib.suppress(Exception):  # a replica stopping: Serve drops it
+                    deadline = PROBE_TIMEOUT_S
+                    queue = await asyncio.wait_for(
+                        replica.get_queue_len(deadline_s=deadline), timeout=deadline
+                    )
+                    self.on_new_queue_len_info(replica.replica_id, queue)
+
+            await asyncio.gather(*(one(r) for r in replicas))
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+
+__all__ = ["REASONS", "ROUTE_ONLY", "SESSION", "PolicyRouter", "request_body"]
