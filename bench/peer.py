@@ -29,18 +29,33 @@ DIRECT_STREAMING_ENV = {
 }
 
 
+# Ray Serve LLM's prefix-aware request router (bench/routing.py's peer column).
+PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+
+
 def app_config(
-    served_name: str, engine: dict[str, Any], port: int, direct_streaming: bool = False
+    served_name: str,
+    engine: dict[str, Any],
+    port: int,
+    direct_streaming: bool = False,
+    replicas: int = 1,
+    request_router: str | None = None,
 ) -> dict:
     """The Serve config of Ray Serve LLM for one model; `engine` is the vLLM engine arguments
     this application's plan derives (`vllm_args`, `model` a local path), passed on as Ray Serve
-    LLM's `engine_kwargs`. `direct_streaming`: for a start with DIRECT_STREAMING_ENV."""
+    LLM's `engine_kwargs`. `direct_streaming`: for a start with DIRECT_STREAMING_ENV.
+    `replicas` of the LLM deployment, routed by `request_router` (a class path) if given."""
+    deployment: dict[str, Any] = {
+        "autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas}
+    }
+    if request_router:
+        deployment["request_router_config"] = {"request_router_class": request_router}
     llm = {
         "model_loading_config": {"model_id": served_name, "model_source": engine["model"]},
         "accelerator_config": {"kind": "cpu"},
         "placement_group_config": {"bundles": [{"CPU": 1}]},
         "engine_kwargs": {k: v for k, v in engine.items() if k not in NAMING},
-        "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
+        "deployment_config": deployment,
     }
     args: dict[str, Any] = {"llm_configs": [llm]}
     if not direct_streaming:  # direct streaming has no ingress deployment (and refuses this)

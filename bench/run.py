@@ -81,6 +81,8 @@ class Workload:
     samples: int = 1
     env: dict[str, str] = field(default_factory=dict)
     placement: str = "same"  # PLACEMENTS
+    # The client's dataset arguments, instead of the random dataset of input_len/output_len.
+    dataset_args: tuple[str, ...] = ()
 
 
 def workloads(names: list[str]) -> list[Workload]:
@@ -232,12 +234,21 @@ def vllm_server(workload: Workload, port: int, log: Path):
     return running(command, env, f"http://127.0.0.1:{port}/health", log, workload.placement)
 
 
-def ray_serve_llm_server(workload: Workload, port: int, log: Path, direct_streaming: bool = False):
+def ray_serve_llm_server(
+    workload: Workload,
+    port: int,
+    log: Path,
+    direct_streaming: bool = False,
+    replicas: int = 1,
+    request_router: str | None = None,
+):
     """Ray Serve LLM with the same engine arguments, as Ray ships it, or with its direct
     streaming (bench/peer.py). Healthy once its ingress answers; the warm-up waits for its
     engine."""
     engine = engine_for(workload)
-    config = peer.app_config(workload.served_name, engine.options, port, direct_streaming)
+    config = peer.app_config(
+        workload.served_name, engine.options, port, direct_streaming, replicas, request_router
+    )
     serve = str(Path(sys.executable).parent / "serve")
     own = {k: v for k, v in engine.env_vars.items() if not k.startswith("RAY_")}  # Ray's defaults
     if direct_streaming:
@@ -272,9 +283,11 @@ def client_args(
     return [
         "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
         "--base-url", f"http://127.0.0.1:{port}", "--model", workload.served_name,
-        "--tokenizer", tokenizer, "--dataset-name", "random",
-        "--random-input-len", str(workload.input_len),
-        "--random-output-len", str(workload.output_len),
+        "--tokenizer", tokenizer,
+        *(workload.dataset_args or (
+            "--dataset-name", "random", "--random-input-len", str(workload.input_len),
+            "--random-output-len", str(workload.output_len),
+        )),
         "--num-prompts", str(prompts or workload.prompts),
         "--max-concurrency", str(workload.concurrency),
         "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",

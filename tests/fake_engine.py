@@ -177,6 +177,9 @@ class FakeEngine:
     def unfinished_requests(self) -> int:
         return self.unfinished
 
+    def prefix_cache(self) -> dict[str, int]:
+        return {"queries": 0, "hits": 0}
+
     @property
     def kv_cache_tokens(self) -> int:
         return 4096

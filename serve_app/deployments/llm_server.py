@@ -113,6 +113,8 @@ class LLMServer:
             "unfinished_requests": self._engine.unfinished_requests(),
             "running": self.slots.running,
             "waiting": self.slots.waiting,
+            "prefix_cache": self._engine.prefix_cache(),
+            "kv_cache_tokens": self._engine.kv_cache_tokens,
         }
 
     def record_routing_stats(self) -> dict[str, Any]:

@@ -98,6 +98,19 @@ class RayMetricsExport:
         return copied
 
 
+def prefix_cache_counts(
+    registry: prometheus_client.CollectorRegistry = prometheus_client.REGISTRY,
+) -> dict[str, int]:
+    """Prompt tokens this process's engine looked up in its prefix cache, and found there
+    (vLLM's `prefix_cache_queries` and `prefix_cache_hits` counters; 0 with stats disabled)."""
+    counts = {"queries": 0, "hits": 0}
+    for family in registry.collect():
+        kind = family.name.removeprefix("vllm:prefix_cache_")
+        if family.name.startswith("vllm:prefix_cache_") and kind in counts:
+            counts[kind] += int(sum(s.value for s in family.samples if s.name.endswith("_total")))
+    return counts
+
+
 class RayExportedStatLogger(PrometheusStatLogger):
     """vLLM's Prometheus stat logger, whose periodic `log()` also copies its metrics into
     Ray's metrics (`RayMetricsExport`)."""

@@ -40,6 +40,11 @@ class Engine(Protocol):
         """Requests the engine is working on (running or waiting in its scheduler)."""
         ...
 
+    def prefix_cache(self) -> dict[str, int]:
+        """Prompt tokens looked up in the engine's prefix cache (`queries`) and found (`hits`)
+        since it started (both 0 when vLLM's stats are disabled)."""
+        ...
+
     @property
     def kv_cache_tokens(self) -> int:
         """Tokens the engine's KV cache holds (0 if unknown): what request routing may assume

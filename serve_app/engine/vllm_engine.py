@@ -262,6 +262,11 @@ class VLLMEngine:
     def unfinished_requests(self) -> int:
         return self._engine.get_num_unfinished_requests()
 
+    def prefix_cache(self) -> dict[str, int]:
+        from serve_app.engine.metrics import prefix_cache_counts
+
+        return prefix_cache_counts()
+
     @property
     def kv_cache_tokens(self) -> int:
         # The engine core reports its blocks at start-up into the front end's cache config.

@@ -21,9 +21,11 @@ from typing import Any, Literal
 
 PolicyName = Literal["prefix", "least_loaded", "round_robin"]
 POLICIES: tuple[PolicyName, ...] = ("prefix", "least_loaded", "round_robin")
-Reason = Literal["affinity", "matched", "load", "no_match", "least_loaded", "round_robin"]
+Reason = Literal[
+    "affinity", "matched", "load", "no_match", "no_prompt", "least_loaded", "round_robin"
+]  # fmt: skip
 REASONS: tuple[Reason, ...] = (
-    "affinity", "matched", "load", "no_match", "least_loaded", "round_robin"
+    "affinity", "matched", "load", "no_match", "no_prompt", "least_loaded", "round_robin"
 )  # fmt: skip
 
 BLOCK_CHARS = 128  # about 32 tokens: fine enough to tell conversations apart, cheap to hash
@@ -189,7 +191,25 @@ class Policy:
         affinity: str | None = None,
     ) -> Decision:
         """The replica (of `replicas`, not empty) to take a request; `loads` are their
-        running and queued requests (a missing one counts as 0)."""
+        running and queued requests (a missing one counts as 0). The prompt is recorded as
+        sent to it."""
+        decision = self.decide(replicas, loads, text, affinity)
+        self.record(text, decision.replica)
+        return decision
+
+    def record(self, text: str | None, replica: str) -> None:
+        """`text` was sent to `replica` (its cache now holds it)."""
+        if self.name == "prefix" and (hashes := block_hashes(text)):
+            self.index.record(hashes, replica)
+
+    def decide(
+        self,
+        replicas: Sequence[str],
+        loads: Mapping[str, int],
+        text: str | None = None,
+        affinity: str | None = None,
+    ) -> Decision:
+        """`choose` without recording the prompt."""
         if not replicas:
             raise ValueError("no replica to route to")
         replicas = sorted(replicas)
@@ -198,11 +218,9 @@ class Policy:
             return Decision(replicas[self._turn % len(replicas)], "round_robin")
         if self.name == "least_loaded":
             return Decision(self._least_loaded(replicas, loads), "least_loaded")
-        hashes = block_hashes(text)
-        decision = self._prefix(replicas, loads, hashes, affinity)
-        if hashes:
-            self.index.record(hashes, decision.replica)
-        return decision
+        if text is None and affinity is None:  # not a generation (stats, health, models)
+            return Decision(self._least_loaded(replicas, loads), "no_prompt")
+        return self._prefix(replicas, loads, block_hashes(text), affinity)
 
     def _prefix(
         self,

@@ -27,7 +27,7 @@ logger = get_logger(__name__)
 ROUTE_ONLY = "_serve_app_route_only"  # kwarg of a pick whose request goes out of band
 SESSION = "_serve_app_session"  # kwarg: the client's session header, if any
 PROBE_INTERVAL_S = 0.5
-PROBE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 1.0
 PROBE_IDLE_AFTER_S = 10.0  # no probing once nothing has been routed for this long
 KV_CACHE_TOKENS = "kv_cache_tokens"  # the replicas' routing stats (LLMServer)
 
@@ -65,6 +65,7 @@ class PolicyRouter(RequestRouter):
     def initialize_state(self, policy: str = "prefix", max_imbalance: int = 4, **_: Any) -> None:
         self._policy = Policy(policy, max_imbalance)  # type: ignore[arg-type]
         self._last_routed = 0.0
+        self._unconfirmed = 0  # picks sent out of band since the replicas last reported
         self._prober: asyncio.Task | None = None
         self._decisions: Any = None
         try:
@@ -104,7 +105,15 @@ class PolicyRouter(RequestRouter):
             route_only = bool(pending_request.kwargs.get(ROUTE_ONLY))
         text = routing_text(body) if body else None
         affinity = affinity_key(body or {}, session)
-        decision = self._policy.choose(list(by_id), loads, text, affinity)
+        decision = self._policy.decide(list(by_id), loads, text, affinity)
+        if route_only and decision.reason == "load" and self._unconfirmed:
+            # The loads count picks since the replicas last reported theirs, some of which may
+            # have finished: ask the replicas before sending a request away from its cache.
+            await self._refresh(list(by_id.values()))
+            loads = {rid: self._replica_queue_len_cache.get(r.replica_id) or 0
+                     for rid, r in by_id.items()}  # fmt: skip
+            decision = self._policy.decide(list(by_id), loads, text, affinity)
+        self._policy.record(text, decision.replica)
         chosen = by_id[decision.replica]
         if self._decisions is not None:
             self._decisions.inc(
@@ -116,6 +125,7 @@ class PolicyRouter(RequestRouter):
             )
         if route_only:  # Serve counts what it sends itself; this request goes out of band
             self.on_send_request(chosen.replica_id)
+            self._unconfirmed += 1
             self._keep_loads_fresh()
         others = sorted(
             (r for rid, r in by_id.items() if rid != decision.replica),
@@ -132,18 +142,22 @@ class PolicyRouter(RequestRouter):
     async def _probe(self) -> None:
         """Refresh every replica's load from the replica while requests are being routed."""
         while time.monotonic() - self._last_routed < PROBE_IDLE_AFTER_S:
-            replicas = list(self.curr_replicas.values())
-
-            async def one(replica: RunningReplica) -> None:
-                with contextlib.suppress(Exception):  # a replica stopping: Serve drops it
-                    deadline = PROBE_TIMEOUT_S
-                    queue = await asyncio.wait_for(
-                        replica.get_queue_len(deadline_s=deadline), timeout=deadline
-                    )
-                    self.on_new_queue_len_info(replica.replica_id, queue)
-
-            await asyncio.gather(*(one(r) for r in replicas))
+            await self._refresh(list(self.curr_replicas.values()))
             await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _refresh(self, replicas: list[RunningReplica]) -> None:
+        """Each replica's running and queued requests, from the replica (bounded in time)."""
+        self._unconfirmed = 0
+
+        async def one(replica: RunningReplica) -> None:
+            with contextlib.suppress(Exception):  # a replica stopping: Serve drops it
+                deadline = PROBE_TIMEOUT_S
+                queue = await asyncio.wait_for(
+                    replica.get_queue_len(deadline_s=deadline), timeout=deadline
+                )
+                self.on_new_queue_len_info(replica.replica_id, queue)
+
+        await asyncio.gather(*(one(r) for r in replicas))
 
 
 __all__ = ["REASONS", "ROUTE_ONLY", "SESSION", "PolicyRouter", "request_body"]

@@ -1,6 +1,6 @@
 """Runtime LoRA adapters shared by the replicas of a deployment (deployments/lora_sync.py), with
 fake engines and the registry in a dict: the decisions, in milliseconds. The real thing (two
-replicas of the real engine, Ray's key-value store) is in e2e/test_lora_runtime.py."""
+replicas of the real engine, Ray's key-value store) is in e2e/test_two_replicas.py."""
 
 from __future__ import annotations
 

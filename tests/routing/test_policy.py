@@ -7,6 +7,7 @@ import pytest
 from serve_app.routing.policy import (
     BLOCK_CHARS,
     CHARS_PER_TOKEN,
+    Decision,
     Policy,
     PrefixIndex,
     affinity_key,
@@ -147,3 +148,20 @@ def test_bad_policy_and_no_replica_are_clear_errors():
         Policy("random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no replica"):
         Policy().choose([], {})
+
+
+def test_a_request_without_a_prompt_goes_to_the_least_loaded_and_leaves_no_trace():
+    policy = Policy("prefix")
+    decision = policy.choose(["a", "b"], {"a": 3, "b": 1}, None)
+    assert decision == Decision("b", "no_prompt")
+    assert policy.index.size("a") == policy.index.size("b") == 0
+
+
+def test_deciding_records_nothing_until_the_caller_records_where_it_sent_the_prompt():
+    policy = Policy("prefix")
+    text = "You are a helpful assistant. " * 40
+    first = policy.decide(["a", "b"], {}, text)
+    assert first.reason == "no_match" and policy.index.size(first.replica) == 0
+    policy.record(text, "a")
+    matched = policy.index.size("a") * BLOCK_CHARS
+    assert policy.decide(["a", "b"], {}, text) == Decision("a", "matched", matched)
