@@ -8,7 +8,7 @@ EXTRAS ?= cpu,test
 CONFIG ?= serve_config.yaml
 comma := ,
 
-.PHONY: setup serve test test-fast lint plan docs bench redis clean-venv
+.PHONY: setup serve test test-fast lint plan docs bench bench-routing redis clean-venv
 
 setup: $(STAMP)
 
@@ -61,6 +61,13 @@ lint: setup
 bench: setup
 	$(call install,$(EXTRAS)$(comma)bench)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Routing across two replicas of the default model: ROUTING_POLICY's columns on a shared-prefix
+# and a random workload (bench/routing.py; about 40 minutes). BENCH_ARGS="--peer" adds Ray Serve
+# LLM with its PrefixCacheAffinityRouter.
+bench-routing: setup
+	$(call install,$(EXTRAS)$(comma)bench)
+	$(PY) bench/routing.py $(BENCH_ARGS)
 
 plan: setup
 	$(PY) -m serve_app plan $(CONFIG)

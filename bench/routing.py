@@ -13,8 +13,9 @@ about half the shared workload's prefixes, driven by vLLM's own benchmark client
 
 Columns, alternated: this application with ROUTING_POLICY=least_loaded (HAProxy's leastconn,
 what Serve does), =round_robin and =prefix (the default), and with `--peer` Ray Serve LLM with
-its PrefixCacheAffinityRouter on the same engine arguments (as Ray ships it: Serve's Python
-proxy). Per column: the prefix-cache hit rate of the run (the engines' own counters, read from
+its PrefixCacheAffinityRouter on the same engine arguments, as Ray ships it (Serve's Python
+proxy) and with its direct streaming (HAProxy asking its router, this application's shape).
+Per column: the prefix-cache hit rate of the run (the engines' own counters, read from
 Ray's metrics endpoint), median and p99 TTFT, output throughput. Results: a table on stdout and
 docs/benchmarks/routing.json.
 """
@@ -74,7 +75,16 @@ PEER = {
     "rayllm-prefix": (
         functools.partial(run.ray_serve_llm_server, replicas=2, request_router=peer.PREFIX_ROUTER),
         {},
-    )
+    ),
+    "rayllm-direct-prefix": (
+        functools.partial(
+            run.ray_serve_llm_server,
+            direct_streaming=True,
+            replicas=2,
+            request_router=peer.PREFIX_ROUTER,
+        ),
+        {},
+    ),
 }
 
 

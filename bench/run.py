@@ -253,6 +253,8 @@ def ray_serve_llm_server(
     own = {k: v for k, v in engine.env_vars.items() if not k.startswith("RAY_")}  # Ray's defaults
     if direct_streaming:
         own |= peer.DIRECT_STREAMING_ENV
+        if request_router:  # a router that reads the prompt needs HAProxy to forward it
+            own["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] = "1"
     command = [serve, "run", str(serve_config_file(config))]
     url = f"http://127.0.0.1:{port}/v1/models"
     return running(command, {**base_env(), **own}, url, log, workload.placement)
