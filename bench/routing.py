@@ -6,8 +6,8 @@
 Two replicas of the default model (MIN_REPLICAS=MAX_REPLICAS=2), each with a KV cache that holds
 about half the shared workload's prefixes, driven by vLLM's own benchmark client:
 
-- `shared`: vLLM's prefix_repetition dataset (8 prefixes of 512 tokens, each with 16 different
-  suffixes of 32 tokens, shuffled), 32 output tokens, 8 concurrent;
+- `shared`: vLLM's prefix_repetition dataset (8 prefixes of 512 tokens, each with 8 different
+  suffixes of 32 tokens, shuffled), 16 output tokens, 8 concurrent;
 - `random`: the random dataset (128 in, 64 out), nothing shared: what routing costs when there
   is nothing to win.
 
@@ -42,10 +42,15 @@ from bench import peer, run  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # SmolLM2-135M in float32 keeps 46,080 bytes of KV per token (30 layers, 3 KV heads of 64):
-# 160 MiB hold ~3,600 tokens, less than the shared workload's 8 prefixes of 512 (4,096) with
+# 120 MiB hold ~2,700 tokens, about half the shared workload's 8 prefixes of 512 (4,096) with
 # the running requests beside them; two replicas hold them all.
-KV_CACHE_BYTES = 160 * 1024 * 1024
-REPLICAS = {"MIN_REPLICAS": "2", "MAX_REPLICAS": "2", "KV_CACHE_MEMORY_BYTES": str(KV_CACHE_BYTES)}
+KV_CACHE_BYTES = 120 * 1024 * 1024
+REPLICAS = {
+    "MIN_REPLICAS": "2",
+    "MAX_REPLICAS": "2",
+    "KV_CACHE_MEMORY_BYTES": str(KV_CACHE_BYTES),
+    "MAX_MODEL_LEN": "2048",  # vLLM refuses a KV cache that cannot hold one request of 8192
+}
 # vLLM copies its counters into Ray's metrics every VLLM_LOG_STATS_INTERVAL seconds.
 STATS_ENV = {"VLLM_LOG_STATS_INTERVAL": "2"}
 FIGURES = ("hit_rate", "output_throughput", "median_ttft_ms", "p99_ttft_ms")
@@ -58,8 +63,8 @@ def workloads(names: list[str]) -> list[run.Workload]:
         dataset = ("--dataset-name", "prefix_repetition",
                    "--prefix-repetition-prefix-len", "512", "--prefix-repetition-suffix-len", "32",
                    "--prefix-repetition-num-prefixes", "8",
-                   "--prefix-repetition-output-len", "32")  # fmt: skip
-        found.append(run.Workload("shared", MODEL, MODEL, 544, 32, 128, 8, env=env,
+                   "--prefix-repetition-output-len", "16")  # fmt: skip
+        found.append(run.Workload("shared", MODEL, MODEL, 544, 16, 64, 8, env=env,
                                   dataset_args=dataset))  # fmt: skip
     if "random" in names:
         found.append(run.Workload("random", MODEL, MODEL, 128, 64, 64, 16, env=env))
@@ -184,6 +189,10 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     columns = {name: COLUMNS[name] for name in ["leastconn", *ns.columns] if name in COLUMNS}
     if ns.peer:
+        try:  # Ray Serve LLM's routers import pyarrow, which Ray does not install
+            import pyarrow  # noqa: F401
+        except ImportError:
+            parser.error("--peer needs pyarrow for Ray Serve LLM's routers: pip install pyarrow")
         columns |= PEER
     started = time.strftime("%Y-%m-%d %H:%M")
     results = {}
