@@ -65,7 +65,6 @@ class PolicyRouter(RequestRouter):
     def initialize_state(self, policy: str = "prefix", max_imbalance: int = 4, **_: Any) -> None:
         self._policy = Policy(policy, max_imbalance)  # type: ignore[arg-type]
         self._last_routed = 0.0
-        self._unconfirmed = 0  # picks sent out of band since the replicas last reported
         self._prober: asyncio.Task | None = None
         self._decisions: Any = None
         try:
@@ -106,7 +105,7 @@ class PolicyRouter(RequestRouter):
         text = routing_text(body) if body else None
         affinity = affinity_key(body or {}, session)
         decision = self._policy.decide(list(by_id), loads, text, affinity)
-        if route_only and decision.reason == "load" and self._unconfirmed:
+        if route_only and decision.reason == "load":
             # The loads count picks since the replicas last reported theirs, some of which may
             # have finished: ask the replicas before sending a request away from its cache.
             await self._refresh(list(by_id.values()))
@@ -125,7 +124,6 @@ class PolicyRouter(RequestRouter):
             )
         if route_only:  # Serve counts what it sends itself; this request goes out of band
             self.on_send_request(chosen.replica_id)
-            self._unconfirmed += 1
             self._keep_loads_fresh()
         others = sorted(
             (r for rid, r in by_id.items() if rid != decision.replica),
@@ -147,7 +145,6 @@ class PolicyRouter(RequestRouter):
 
     async def _refresh(self, replicas: list[RunningReplica]) -> None:
         """Each replica's running and queued requests, from the replica (bounded in time)."""
-        self._unconfirmed = 0
 
         async def one(replica: RunningReplica) -> None:
             with contextlib.suppress(Exception):  # a replica stopping: Serve drops it

@@ -21,14 +21,17 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for
+from tests.e2e.conftest import running_serve_cluster
 
-pytestmark = pytest.mark.e2e
+# A Ray cluster of its own: in the shared one, after other modules' apps were deployed and
+# deleted, HAProxy was seen not to ask the route picker (routing by leastconn); not yet explained.
+pytestmark = [pytest.mark.e2e, pytest.mark.own_ray]
 
 PROMPT = {"prompt": "Hello world", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def app(serve_cluster, tiny_model: Path, tmp_path_factory):
+def app(tiny_model: Path, tmp_path_factory):
     env = {
         "MODEL_NAME": str(tiny_model),
         "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
@@ -39,7 +42,7 @@ def app(serve_cluster, tiny_model: Path, tmp_path_factory):
         "MIN_REPLICAS": "2",
         "MAX_REPLICAS": "2",
     }
-    with serve_cluster.deployed(env) as app:
+    with running_serve_cluster() as cluster, cluster.deployed(env) as app:
         yield app
 
 
