@@ -96,6 +96,7 @@ def haproxy_on() -> bool:
 
 def with_route_picker(llm: Application, model: ModelDeployment) -> Application:
     """The one-model ingress with HAProxy asking RoutePicker which replica takes each POST."""
+    # As RAY_SERVE_ENABLE_HA_PROXY above: Serve's reading where Ray started, not public.
     from ray.serve._private.constants import RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
 
     if model.serve.routing.policy == "prefix" and not RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY:

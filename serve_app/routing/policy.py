@@ -193,23 +193,31 @@ class Policy:
         """The replica (of `replicas`, not empty) to take a request; `loads` are their
         running and queued requests (a missing one counts as 0). The prompt is recorded as
         sent to it."""
-        decision = self.decide(replicas, loads, text, affinity)
-        self.record(text, decision.replica)
+        blocks = self.blocks(text)
+        decision = self.decide(replicas, loads, blocks, affinity)
+        self.record(blocks, decision.replica)
         return decision
 
-    def record(self, text: str | None, replica: str) -> None:
-        """`text` was sent to `replica` (its cache now holds it)."""
-        if self.name == "prefix" and (hashes := block_hashes(text)):
-            self.index.record(hashes, replica)
+    def blocks(self, text: str | None) -> list[int] | None:
+        """What `decide` and `record` match of a prompt, computed once per request: its block
+        hashes under `prefix` (none for the other policies); None without a prompt."""
+        if text is None:
+            return None
+        return block_hashes(text) if self.name == "prefix" else []
+
+    def record(self, blocks: Sequence[int] | None, replica: str) -> None:
+        """A prompt of these `blocks` was sent to `replica` (its cache now holds it)."""
+        if blocks:
+            self.index.record(blocks, replica)
 
     def decide(
         self,
         replicas: Sequence[str],
         loads: Mapping[str, int],
-        text: str | None = None,
+        blocks: Sequence[int] | None = None,
         affinity: str | None = None,
     ) -> Decision:
-        """`choose` without recording the prompt."""
+        """`choose` without recording the prompt, given its `blocks`."""
         if not replicas:
             raise ValueError("no replica to route to")
         replicas = sorted(replicas)
@@ -218,15 +226,15 @@ class Policy:
             return Decision(replicas[self._turn % len(replicas)], "round_robin")
         if self.name == "least_loaded":
             return Decision(self._least_loaded(replicas, loads), "least_loaded")
-        if text is None and affinity is None:  # not a generation (stats, health, models)
+        if blocks is None and affinity is None:  # not a generation (stats, health, models)
             return Decision(self._least_loaded(replicas, loads), "no_prompt")
-        return self._prefix(replicas, loads, block_hashes(text), affinity)
+        return self._prefix(replicas, loads, blocks or [], affinity)
 
     def _prefix(
         self,
         replicas: list[str],
         loads: Mapping[str, int],
-        hashes: list[int],
+        hashes: Sequence[int],
         affinity: str | None,
     ) -> Decision:
         least = self._least_loaded(replicas, loads)

@@ -90,29 +90,27 @@ class PolicyRouter(RequestRouter):
         if not candidate_replicas:
             return []
         by_id = {r.replica_id.to_full_id_str(): r for r in candidate_replicas}
-        loads = {}
         for rid, replica in by_id.items():
-            loads[rid] = self._replica_queue_len_cache.get(replica.replica_id) or 0
             tokens = (replica.routing_stats or {}).get(KV_CACHE_TOKENS)
             if isinstance(tokens, int) and tokens > 0:
                 self._policy.index.set_capacity(rid, tokens)
+        loads = self._loads(by_id)
         body, session = (None, None)
         route_only = False
         if pending_request is not None:
             body, session = request_body(pending_request.args, pending_request.kwargs)
             session = session or getattr(pending_request.metadata, "session_id", None) or None
             route_only = bool(pending_request.kwargs.get(ROUTE_ONLY))
-        text = routing_text(body) if body else None
+        blocks = self._policy.blocks(routing_text(body) if body else None)
         affinity = affinity_key(body or {}, session)
-        decision = self._policy.decide(list(by_id), loads, text, affinity)
+        decision = self._policy.decide(list(by_id), loads, blocks, affinity)
         if route_only and decision.reason == "load":
             # The loads count picks since the replicas last reported theirs, some of which may
             # have finished: ask the replicas before sending a request away from its cache.
             await self._refresh(list(by_id.values()))
-            loads = {rid: self._replica_queue_len_cache.get(r.replica_id) or 0
-                     for rid, r in by_id.items()}  # fmt: skip
-            decision = self._policy.decide(list(by_id), loads, text, affinity)
-        self._policy.record(text, decision.replica)
+            loads = self._loads(by_id)
+            decision = self._policy.decide(list(by_id), loads, blocks, affinity)
+        self._policy.record(blocks, decision.replica)
         chosen = by_id[decision.replica]
         if self._decisions is not None:
             self._decisions.inc(
@@ -131,6 +129,13 @@ class PolicyRouter(RequestRouter):
         )
         # Serve takes the first rank's replica if it has room, else the next rank's.
         return [[chosen], others] if others else [[chosen]]
+
+    def _loads(self, by_id: dict[str, RunningReplica]) -> dict[str, int]:
+        """Running and queued requests of each replica, as this caller knows them."""
+        return {
+            rid: self._replica_queue_len_cache.get(replica.replica_id) or 0
+            for rid, replica in by_id.items()
+        }
 
     def _keep_loads_fresh(self) -> None:
         self._last_routed = time.monotonic()

@@ -160,8 +160,9 @@ def test_a_request_without_a_prompt_goes_to_the_least_loaded_and_leaves_no_trace
 def test_deciding_records_nothing_until_the_caller_records_where_it_sent_the_prompt():
     policy = Policy("prefix")
     text = "You are a helpful assistant. " * 40
-    first = policy.decide(["a", "b"], {}, text)
+    blocks = policy.blocks(text)
+    first = policy.decide(["a", "b"], {}, blocks)
     assert first.reason == "no_match" and policy.index.size(first.replica) == 0
-    policy.record(text, "a")
+    policy.record(blocks, "a")
     matched = policy.index.size("a") * BLOCK_CHARS
-    assert policy.decide(["a", "b"], {}, text) == Decision("a", "matched", matched)
+    assert policy.decide(["a", "b"], {}, blocks) == Decision("a", "matched", matched)
