@@ -80,26 +80,29 @@ def check_placement(plan: AppPlan) -> None:
         raise ConfigError(problems)
 
 
+def ray_setting_on(name: str) -> bool:
+    """A Ray setting read when Ray's processes start, as Serve reads it ("1" is on), from this
+    process's environment now: Serve's own constants are read once, when ray.serve is first
+    imported, and miss a launcher's (or a test's) settings applied after that import."""
+    return os.environ.get(name, "0") == "1"
+
+
 def haproxy_on() -> bool:
     """Serve's HAProxy ingress is on (warned otherwise)."""
-    # Serve's own reading of the setting (where Ray started), which it exposes nowhere public.
-    from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
-
-    if not RAY_SERVE_ENABLE_HA_PROXY:
+    on = ray_setting_on("RAY_SERVE_ENABLE_HA_PROXY")
+    if not on:
         logger.warning(
             "Ray was not started with RAY_SERVE_ENABLE_HA_PROXY=1: Serve's Python proxy "
             "carries every request and costs about two thirds of the streaming throughput. "
             "Start Ray with it (`make serve`, the container and cluster/ scripts do)."
         )
-    return bool(RAY_SERVE_ENABLE_HA_PROXY)
+    return on
 
 
 def with_route_picker(llm: Application, model: ModelDeployment) -> Application:
     """The one-model ingress with HAProxy asking RoutePicker which replica takes each POST."""
-    # As RAY_SERVE_ENABLE_HA_PROXY above: Serve's reading where Ray started, not public.
-    from ray.serve._private.constants import RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
-
-    if model.serve.routing.policy == "prefix" and not RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY:
+    forward_body = ray_setting_on("RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY")
+    if model.serve.routing.policy == "prefix" and not forward_body:
         logger.warning(
             "Ray was started without RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1: HAProxy "
             "does not show the router the prompts, so ROUTING_POLICY=prefix routes HTTP requests "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,13 @@ from typing import Any
 import psutil
 import pytest
 
+from serve_app.config.ray_env import apply_ray_env
 from tests.tiny_model import build_lora_adapter, build_tiny_model
+
+# Ray reads its settings (RAY_SERVE_ENABLE_HA_PROXY, ...) when its processes start, and
+# ray.serve reads them once, when first imported: applied here, before any test module imports
+# ray, the tests' processes and clusters run as the project's launchers start them.
+apply_ray_env(os.environ)
 
 
 def free_port() -> int:

@@ -14,12 +14,8 @@ from typing import Any
 
 import pytest
 
-from serve_app.config.ray_env import apply_ray_env
 from tests.conftest import descendants, free_port, stop_processes
 
-# Ray reads its settings (RAY_SERVE_ENABLE_HA_PROXY, ...) when it starts, and so does
-# ray.serve in this process: the tests run Ray as the project's launchers do.
-apply_ray_env(os.environ)
 # An ingress replica that stops waits this long for HAProxy to stop routing to it (30 s by
 # default): each test cluster tears down its apps, and scaling tests remove replicas.
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")

@@ -21,17 +21,14 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.e2e.conftest import running_serve_cluster
 
-# A Ray cluster of its own: in the shared one, after other modules' apps were deployed and
-# deleted, HAProxy was seen not to ask the route picker (routing by leastconn); not yet explained.
-pytestmark = [pytest.mark.e2e, pytest.mark.own_ray]
+pytestmark = pytest.mark.e2e
 
 PROMPT = {"prompt": "Hello world", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model: Path, tmp_path_factory):
+def app(serve_cluster, tiny_model: Path, tmp_path_factory):
     env = {
         "MODEL_NAME": str(tiny_model),
         "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
@@ -42,7 +39,7 @@ def app(tiny_model: Path, tmp_path_factory):
         "MIN_REPLICAS": "2",
         "MAX_REPLICAS": "2",
     }
-    with running_serve_cluster() as cluster, cluster.deployed(env) as app:
+    with serve_cluster.deployed(env) as app:
         yield app
 
 
@@ -122,6 +119,13 @@ def converse(app, system: str, turns: int = 3, **extra) -> list[int]:
         prompt_tokens.append(answer.usage.prompt_tokens)
         messages.append({"role": "assistant", "content": answer.choices[0].message.content})
     return prompt_tokens
+
+
+def test_haproxy_asks_the_route_picker(app):
+    from ray import serve
+
+    deployments = serve.status().applications[app.name].deployments
+    assert "RoutePicker" in deployments, sorted(deployments)
 
 
 def test_a_conversations_turns_land_on_the_replica_that_holds_its_prefix(app):

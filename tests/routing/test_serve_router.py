@@ -35,3 +35,17 @@ def test_calls_without_a_json_body_route_by_load_only():
     assert request_body([HttpRequest("GET", "/v1/models")], {}) == (None, None)
     assert request_body([HttpRequest.json("/v1/completions", b"{not json")], {}) == (None, None)
     assert request_body([HttpRequest.json("/v1/completions", b"[1, 2]")], {}) == (None, None)
+
+
+def test_the_app_reads_haproxy_and_forward_body_as_ray_was_started_not_as_first_imported(
+    monkeypatch,
+):
+    import ray.serve._private.constants  # noqa: F401  (Serve's reading, frozen at import)
+
+    from serve_app.app import haproxy_on, ray_setting_on
+
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    monkeypatch.setenv("RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY", "1")
+    assert haproxy_on() and ray_setting_on("RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY")
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    assert not haproxy_on()
