@@ -100,16 +100,21 @@ def metrics_url() -> str:
 
 
 SERIES = re.compile(r"^ray_vllm_prefix_cache_(queries|hits)(?:_total)?\{[^}]*\}\s+(\S+)", re.M)
+DECISIONS = re.compile(
+    r"^ray_serve_app_routing_decisions(?:_total)?\{[^}]*reason=\"(\w+)\"[^}]*\}\s+(\S+)", re.M
+)
 
 
 def prefix_cache() -> dict[str, float]:
     """Prompt tokens all engines looked up in their prefix caches and found, from Ray's
-    metrics (vLLM's counters)."""
+    metrics (vLLM's counters); and this application's routing decisions, as `reason:<name>`."""
     totals = {"queries": 0.0, "hits": 0.0}
     with contextlib.suppress(httpx.HTTPError, ValueError):
         text = httpx.get(metrics_url(), timeout=10).text
         for kind, value in SERIES.findall(text):
             totals[kind] += float(value)
+        for reason, value in DECISIONS.findall(text):
+            totals[f"reason:{reason}"] = totals.get(f"reason:{reason}", 0.0) + float(value)
     return totals
 
 
@@ -152,9 +157,14 @@ def measure(
                         queries = after["queries"] - before["queries"]
                         hit_rate = (after["hits"] - before["hits"]) / queries if queries else 0.0
                         row = {"hit_rate": hit_rate, **{m: figures[m] for m in FIGURES[1:]}}
-                        runs[name].append(row)
-                        print(f"[bench] {name}: " + ", ".join(
-                            f"{m} {row[m]:.3f}" for m in FIGURES), flush=True)  # fmt: skip
+                        decisions = {
+                            key.removeprefix("reason:"): after[key] - before.get(key, 0.0)
+                            for key in after
+                            if key.startswith("reason:") and after[key] > before.get(key, 0.0)
+                        }
+                        runs[name].append({**row, "decisions": decisions})
+                        shown = ", ".join(f"{m} {row[m]:.3f}" for m in FIGURES)
+                        print(f"[bench] {name}: {shown}, decisions {decisions}", flush=True)
     return runs
 
 
@@ -181,19 +191,20 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["shared", "random"])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--samples", type=int, default=1, help="client runs per start")
-    parser.add_argument("--columns", nargs="+", choices=sorted(COLUMNS), default=list(COLUMNS))
+    parser.add_argument("--columns", nargs="+", choices=sorted(COLUMNS | PEER),
+                        default=list(COLUMNS))  # fmt: skip
     parser.add_argument("--peer", action="store_true", help="and Ray Serve LLM's prefix router")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "routing.json")
     ns = parser.parse_args()
     logs = run.CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    columns = {name: COLUMNS[name] for name in ["leastconn", *ns.columns] if name in COLUMNS}
-    if ns.peer:
+    chosen = ["leastconn", *ns.columns, *(PEER if ns.peer else ())]
+    columns = {name: (COLUMNS | PEER)[name] for name in dict.fromkeys(chosen)}
+    if set(columns) & set(PEER):
         try:  # Ray Serve LLM's routers import pyarrow, which Ray does not install
             import pyarrow  # noqa: F401
         except ImportError:
-            parser.error("--peer needs pyarrow for Ray Serve LLM's routers: pip install pyarrow")
-        columns |= PEER
+            parser.error("Ray Serve LLM's routers need pyarrow: make bench-routing installs it")
     started = time.strftime("%Y-%m-%d %H:%M")
     results = {}
     for workload in workloads(ns.workloads):
