@@ -3,9 +3,10 @@
 the ingress request router in front of HAProxy) routes by it with state of its own.
 
 Loads are Serve's queue-length cache of this caller (running and queued requests per replica,
-from the replicas' own answers); a caller that only picks (the ingress request router: the
-request then goes from HAProxy to the replica, not through this caller) counts what it sent
-and refreshes the loads from the replicas twice a second while it routes.
+from the replicas' own answers). A caller that only picks (the ingress request router: the
+request then goes from HAProxy to the replica, not through this caller) never sees a request
+finish, so it asks the replicas before a pick whenever its loads are older than FRESH_S (one
+question for a burst of picks), and counts what it picked since.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ logger = get_logger(__name__)
 
 ROUTE_ONLY = "_serve_app_route_only"  # kwarg of a pick whose request goes out of band
 SESSION = "_serve_app_session"  # kwarg: the client's session header, if any
-PROBE_INTERVAL_S = 0.5
+FRESH_S = 0.05  # a route-only pick asks the replicas for loads older than this
 PROBE_TIMEOUT_S = 1.0
-PROBE_IDLE_AFTER_S = 10.0  # no probing once nothing has been routed for this long
 KV_CACHE_TOKENS = "kv_cache_tokens"  # the replicas' routing stats (LLMServer)
 
 
@@ -64,8 +64,8 @@ class PolicyRouter(RequestRouter):
 
     def initialize_state(self, policy: str = "prefix", max_imbalance: int = 4, **_: Any) -> None:
         self._policy = Policy(policy, max_imbalance)  # type: ignore[arg-type]
-        self._last_routed = 0.0
-        self._prober: asyncio.Task | None = None
+        self._asked_at = 0.0  # when the replicas last told their loads (route-only picks)
+        self._asking: asyncio.Future | None = None
         self._decisions: Any = None
         try:
             from ray.serve import metrics
@@ -73,7 +73,8 @@ class PolicyRouter(RequestRouter):
             self._decisions = metrics.Counter(
                 "serve_app_routing_decisions",
                 description="LLM routing decisions by policy and reason (ROUTING_POLICY).",
-                tag_keys=("deployment", "policy", "reason"),
+                # "deployment" is Serve's own tag: the deployment this router runs in
+                tag_keys=("llm_deployment", "policy", "reason"),
             )
         except Exception as exc:  # metrics are not essential to routing
             logger.warning("routing metrics unavailable: %s", exc)
@@ -94,20 +95,22 @@ class PolicyRouter(RequestRouter):
             tokens = (replica.routing_stats or {}).get(KV_CACHE_TOKENS)
             if isinstance(tokens, int) and tokens > 0:
                 self._policy.index.set_capacity(rid, tokens)
-        loads = self._loads(by_id)
         body, session = (None, None)
         route_only = False
         if pending_request is not None:
             body, session = request_body(pending_request.args, pending_request.kwargs)
             session = session or getattr(pending_request.metadata, "session_id", None) or None
             route_only = bool(pending_request.kwargs.get(ROUTE_ONLY))
+        if route_only and time.monotonic() - self._asked_at > FRESH_S:
+            await self._ask_loads()
+        loads = self._loads(by_id)
         blocks = self._policy.blocks(routing_text(body) if body else None)
         affinity = affinity_key(body or {}, session)
         decision = self._policy.decide(list(by_id), loads, blocks, affinity)
         if route_only and decision.reason == "load":
             # The loads count picks since the replicas last reported theirs, some of which may
             # have finished: ask the replicas before sending a request away from its cache.
-            await self._refresh(list(by_id.values()))
+            await self._ask_loads(now=True)
             loads = self._loads(by_id)
             decision = self._policy.decide(list(by_id), loads, blocks, affinity)
         self._policy.record(blocks, decision.replica)
@@ -115,14 +118,13 @@ class PolicyRouter(RequestRouter):
         if self._decisions is not None:
             self._decisions.inc(
                 tags={
-                    "deployment": self._deployment_id.name,
+                    "llm_deployment": self._deployment_id.name,
                     "policy": self._policy.name,
                     "reason": decision.reason,
                 }
             )
         if route_only:  # Serve counts what it sends itself; this request goes out of band
             self.on_send_request(chosen.replica_id)
-            self._keep_loads_fresh()
         others = sorted(
             (r for rid, r in by_id.items() if rid != decision.replica),
             key=lambda r: loads[r.replica_id.to_full_id_str()],
@@ -137,16 +139,13 @@ class PolicyRouter(RequestRouter):
             for rid, replica in by_id.items()
         }
 
-    def _keep_loads_fresh(self) -> None:
-        self._last_routed = time.monotonic()
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self._probe())
-
-    async def _probe(self) -> None:
-        """Refresh every replica's load from the replica while requests are being routed."""
-        while time.monotonic() - self._last_routed < PROBE_IDLE_AFTER_S:
-            await self._refresh(list(self.curr_replicas.values()))
-            await asyncio.sleep(PROBE_INTERVAL_S)
+    async def _ask_loads(self, now: bool = False) -> None:
+        """Each replica's running and queued requests, from the replicas: picks that come
+        while the question is out wait for its answer (one question per burst); `now` asks
+        again even if a question is out (its answer may predate picks since)."""
+        if now or self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self._refresh(list(self.curr_replicas.values())))
+        await asyncio.shield(self._asking)
 
     async def _refresh(self, replicas: list[RunningReplica]) -> None:
         """Each replica's running and queued requests, from the replica (bounded in time)."""
@@ -160,6 +159,7 @@ class PolicyRouter(RequestRouter):
                 self.on_new_queue_len_info(replica.replica_id, queue)
 
         await asyncio.gather(*(one(r) for r in replicas))
+        self._asked_at = time.monotonic()
 
 
 __all__ = ["REASONS", "ROUTE_ONLY", "SESSION", "PolicyRouter", "request_body"]

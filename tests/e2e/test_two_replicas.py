@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -207,6 +208,45 @@ def test_runpod_jobs_of_one_conversation_land_on_one_replica(app):
         assert len(by_replica) == 1, by_replica  # every turn on one replica
         ((queries, hits),) = by_replica.values()
         assert hits >= 0.5 * (queries - tokens_of_last_turn), by_replica
+
+
+def ray_metrics() -> str:
+    """The text of Ray's Prometheus endpoint on this (one-node) cluster."""
+    import ray
+
+    (node,) = [n for n in ray.nodes() if n["Alive"]]
+    url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+    return httpx.get(url, timeout=10).text
+
+
+def counted(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's series whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_routing_decisions_and_each_replicas_cache_hits_are_on_rays_metrics_endpoint(app):
+    decisions = "ray_serve_app_routing_decisions_total"
+    found: dict[str, float] = {}
+
+    def exported() -> bool:  # Ray's agent exports what the processes report, periodically
+        text = ray_metrics()
+        for reason in ("matched", "affinity", "no_match"):
+            found[reason] = counted(text, decisions, policy="prefix", reason=reason)
+        # each replica's own series (by ReplicaId): both served conversations with hits
+        found["replicas with hits"] = len(
+            set(re.findall(r'ray_vllm_prefix_cache_hits_total\{[^}]*ReplicaId="([^"]+)"', text))
+        )
+        return all(value > 0 for value in found.values()) and found["replicas with hits"] == 2
+
+    # the earlier tests' conversations matched, their pins were affinities
+    try:
+        wait_for(exported, timeout=120, interval=2)
+    except AssertionError as error:
+        raise AssertionError(f"not on Ray's metrics endpoint: {found}") from error
 
 
 def status(app, job_id: str) -> str | None:

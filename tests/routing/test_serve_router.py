@@ -3,6 +3,7 @@ session of each caller's arguments, the same whichever path the request came by.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from serve_app.http.asgi import HttpRequest
@@ -49,3 +50,60 @@ def test_the_app_reads_haproxy_and_forward_body_as_ray_was_started_not_as_first_
     assert haproxy_on() and ray_setting_on("RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY")
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
     assert not haproxy_on()
+
+
+class FakeReplica:
+    """What the router reads of a replica, answering its load as told."""
+
+    def __init__(self, name: str, load: int):
+        from ray.serve._private.common import DeploymentID, ReplicaID
+
+        self.replica_id = ReplicaID(unique_id=name, deployment_id=DeploymentID("LLM", "app"))
+        self.load, self.asked = load, 0
+        self.node_id, self.availability_zone = "node", None
+        self.multiplexed_model_ids: set[str] = set()
+        self.routing_stats: dict = {}
+        self.max_ongoing_requests = 100
+
+    async def get_queue_len(self, *, deadline_s: float) -> int:
+        self.asked += 1
+        await asyncio.sleep(0.01)
+        return self.load
+
+
+def test_route_only_picks_ask_the_replicas_once_per_burst_and_follow_their_answers():
+    from types import SimpleNamespace
+
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+    from ray.serve.request_router import PendingRequest
+
+    from serve_app.routing.serve_router import FRESH_S, ROUTE_ONLY, PolicyRouter
+
+    async def scenario() -> None:
+        router = PolicyRouter(
+            DeploymentID("LLM", "app"),
+            DeploymentHandleSource.UNKNOWN,
+            use_replica_queue_len_cache=True,
+        )
+        router.initialize_state(policy="prefix")
+        busy, idle = FakeReplica("busy", 0), FakeReplica("idle", 0)
+        router.update_replicas([busy, idle])  # Serve asks new replicas their loads: 0, 0
+        await asyncio.sleep(FRESH_S * 2)
+        busy.load, busy.asked, idle.asked = 3, 0, 0  # requests reached it, not through here
+
+        async def pick(i: int) -> str:
+            body = {"prompt": f"{i} " + "unshared words " * 40}  # nothing to match: by load
+            request = PendingRequest([body], {ROUTE_ONLY: True}, SimpleNamespace(session_id=None))
+            ranks = await router.choose_replicas([busy, idle], request)
+            return ranks[0][0].replica_id.unique_id
+
+        # a burst: one question to each replica, then picks counted on its answers
+        assert await asyncio.gather(*(pick(i) for i in range(3))) == ["idle"] * 3
+        assert (busy.asked, idle.asked) == (1, 1)
+        # the busy replica finished its requests; the replicas are asked again, not assumed
+        busy.load, idle.load = 0, 3
+        await asyncio.sleep(FRESH_S * 2)
+        assert await pick(3) == "busy"
+        assert (busy.asked, idle.asked) == (2, 2)
+
+    asyncio.run(scenario())
