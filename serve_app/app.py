@@ -135,7 +135,15 @@ def build_from_plan(plan: AppPlan) -> Application:
         llm = llm_deployment(model, LLMIngressDeployment, plan.ingress, jobs)
         # Behind HAProxy, the deployment's request router only picks for handle calls (jobs):
         # HAProxy asks the RoutePicker for HTTP. Serve's Python proxy uses the router itself.
-        return with_route_picker(llm, model) if haproxy and model.serve.routes_by_policy else llm
+        if not model.serve.routes_by_policy:
+            return llm
+        if not haproxy and model.serve.routing.policy == "prefix":
+            logger.warning(
+                "ROUTING_POLICY=prefix: Serve's Python proxy does not show the router the "
+                "prompts, so HTTP requests are routed by x-session-id and load only (jobs are "
+                "routed by prompt). Start Ray with RAY_SERVE_ENABLE_HA_PROXY=1."
+            )
+        return with_route_picker(llm, model) if haproxy else llm
     llms = {model.deployment_name: llm_deployment(model) for model in plan.models}
     return Ingress.options(num_replicas=plan.ingress.num_replicas).bind(plan.ingress, llms, jobs)
 

@@ -3,7 +3,7 @@
 `prefix` keeps, per replica, an approximate index of the prompts it has been sent: each
 prompt's text cut into blocks of BLOCK_CHARS characters, each block named by a hash chained
 over every block before it (as vLLM names its KV-cache blocks by their tokens), held in an LRU
-of the replica's KV-cache size, so blocks age out in the order its cache would evict them. A
+of twice the replica's KV-cache size, so blocks age out in the order its cache would evict them. A
 request goes to the replica holding the longest run of its leading blocks, unless that
 replica has more than `max_imbalance` requests more than the least-loaded one; without a
 match, to the least-loaded replica. An explicit affinity key (OpenAI's `prompt_cache_key`,
@@ -29,7 +29,12 @@ REASONS: tuple[Reason, ...] = (
 )  # fmt: skip
 
 BLOCK_CHARS = 128  # about 32 tokens: fine enough to tell conversations apart, cheap to hash
-CHARS_PER_TOKEN = 4  # to size a replica's index from its KV cache's tokens
+CHARS_PER_TOKEN = 4  # to size a replica's index from its KV cache's tokens (English text)
+# An index that forgets a prefix its replica still holds sends the prefix elsewhere (a miss
+# there, and a second copy); one that remembers a prefix its replica evicted costs one miss
+# where the prefix was, which then holds it again. So it remembers twice what the cache holds
+# (text of more characters per token, such as code or random tokens, fits too).
+REMEMBER = 2
 DEFAULT_CACHE_TOKENS = 65536  # until a replica reports its KV cache's size
 MIN_MATCH_RATIO = 0.1  # a shorter match (a shared greeting) is not worth a busier replica
 
@@ -127,11 +132,11 @@ class PrefixIndex:
             self._blocks[new] = OrderedDict()
 
     def set_capacity(self, replica: str, cache_tokens: int) -> None:
-        self._capacity[replica] = max(1, cache_tokens * CHARS_PER_TOKEN // BLOCK_CHARS)
+        self._capacity[replica] = max(1, cache_tokens * CHARS_PER_TOKEN * REMEMBER // BLOCK_CHARS)
         self._evict(replica)
 
     def capacity(self, replica: str) -> int:
-        default = DEFAULT_CACHE_TOKENS * CHARS_PER_TOKEN // BLOCK_CHARS
+        default = DEFAULT_CACHE_TOKENS * CHARS_PER_TOKEN * REMEMBER // BLOCK_CHARS
         return self._capacity.get(replica, default)
 
     def matched(self, hashes: Sequence[int], replica: str) -> int:

@@ -34,9 +34,13 @@ KV_CACHE_TOKENS = "kv_cache_tokens"  # the replicas' routing stats (LLMServer)
 
 def request_body(args: list[Any], kwargs: Mapping[str, Any]) -> tuple[Mapping | None, str | None]:
     """The request's JSON body and session header, from a call's arguments: an HttpRequest
-    (router ingress), a RunPod job input (job queue) or a body (ingress request router)."""
+    (router ingress), a RunPod job input (job queue), a body (ingress request router), or
+    Serve's Python proxy's request (its session header only: the body is not read yet)."""
     session = kwargs.get(SESSION)
     for arg in args:
+        scope = getattr(arg, "asgi_scope", None)  # Serve's Python proxy: the body comes later
+        if isinstance(scope, Mapping):
+            return None, session or _header(scope.get("headers") or [], b"x-session-id")
         if isinstance(arg, Mapping):
             inner = arg.get("openai_input")
             return (inner if isinstance(inner, Mapping) else arg), session

@@ -7,6 +7,7 @@ import pytest
 from serve_app.routing.policy import (
     BLOCK_CHARS,
     CHARS_PER_TOKEN,
+    REMEMBER,
     Decision,
     Policy,
     PrefixIndex,
@@ -125,7 +126,7 @@ def test_replicas_that_leave_drop_their_blocks_and_new_ones_start_empty():
 def test_each_replicas_index_is_bounded_by_its_cache_and_evicts_the_least_recent():
     index = PrefixIndex()
     index.set_replicas([A])
-    index.set_capacity(A, cache_tokens=8 * BLOCK_CHARS // CHARS_PER_TOKEN)  # 8 blocks
+    index.set_capacity(A, cache_tokens=8 * BLOCK_CHARS // CHARS_PER_TOKEN // REMEMBER)  # 8 blocks
     old = block_hashes("o" * BLOCK_CHARS * 6)
     new = block_hashes("n" * BLOCK_CHARS * 6)
     index.record(old, A)
@@ -166,3 +167,23 @@ def test_deciding_records_nothing_until_the_caller_records_where_it_sent_the_pro
     policy.record(blocks, "a")
     matched = policy.index.size("a") * BLOCK_CHARS
     assert policy.decide(["a", "b"], {}, blocks) == Decision("a", "matched", matched)
+
+
+def test_prefixes_that_fill_half_of_each_replicas_cache_keep_their_replica():
+    # 8 prefixes of ~3,500 characters (512 tokens of 7 characters: random tokens) over two
+    # replicas of 2,688 tokens each; shuffled, eight requests per prefix
+    import random
+
+    rng = random.Random(1)
+    prefixes = ["".join(rng.choice("abcdefgh ") for _ in range(3500)) for _ in range(8)]
+    order = [p for p in range(8) for _ in range(8)]
+    rng.shuffle(order)
+    policy = Policy("prefix")
+    policy.index.set_replicas([A, B])
+    for replica in (A, B):
+        policy.index.set_capacity(replica, 2688)
+    home: dict[int, set[str]] = {}
+    for i, p in enumerate(order):
+        decision = policy.choose([A, B], {}, prefixes[p] + f" suffix {i} " * 20)
+        home.setdefault(p, set()).add(decision.replica)
+    assert all(len(replicas) == 1 for replicas in home.values()), home

@@ -31,6 +31,17 @@ def test_the_route_picker_passes_the_parsed_body_and_the_session_as_a_keyword():
     assert request_body([CHAT], {SESSION: "s-2"}) == (CHAT, "s-2")
 
 
+def test_serves_python_proxy_passes_no_body_yet_but_its_session_header_is_read():
+    from ray.serve._private.common import StreamingHTTPRequest
+
+    async def receive(_):  # never called: the router does not read the body
+        raise AssertionError
+
+    scope = {"type": "http", "headers": [(b"x-session-id", b"s-3")]}
+    request = StreamingHTTPRequest(scope, receive_asgi_messages=receive)
+    assert request_body([request], {}) == (None, "s-3")
+
+
 def test_calls_without_a_json_body_route_by_load_only():
     assert request_body([], {}) == (None, None)
     assert request_body([HttpRequest("GET", "/v1/models")], {}) == (None, None)
