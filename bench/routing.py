@@ -9,7 +9,9 @@ about half the shared workload's prefixes, driven by vLLM's own benchmark client
 - `shared`: vLLM's prefix_repetition dataset (8 prefixes of 512 tokens, each with 8 different
   suffixes of 32 tokens, shuffled), 16 output tokens, 8 concurrent;
 - `random`: the random dataset (128 in, 64 out), nothing shared: what routing costs when there
-  is nothing to win.
+  is nothing to win;
+- `light` (not run by default): the random dataset one request at a time (128 in, 16 out), so
+  that the time to first token is the path's own (the route picker's hop), not queueing.
 
 Columns, alternated: this application with ROUTING_POLICY=least_loaded (HAProxy's leastconn,
 what Serve does), =round_robin and =prefix (the default), and with `--peer` Ray Serve LLM with
@@ -68,6 +70,8 @@ def workloads(names: list[str]) -> list[run.Workload]:
                                   dataset_args=dataset))  # fmt: skip
     if "random" in names:
         found.append(run.Workload("random", MODEL, MODEL, 128, 64, 64, 16, env=env))
+    if "light" in names:  # one request at a time: TTFT is the path's own cost, not queueing
+        found.append(run.Workload("light", MODEL, MODEL, 128, 16, 32, 1, env=env))
     return found
 
 
