@@ -109,7 +109,7 @@ DECISIONS = re.compile(
 )
 
 
-def prefix_cache() -> dict[str, float]:
+def counters() -> dict[str, float]:
     """Prompt tokens all engines looked up in their prefix caches and found, from Ray's
     metrics (vLLM's counters); and this application's routing decisions, as `reason:<name>`."""
     totals = {"queries": 0.0, "hits": 0.0}
@@ -122,14 +122,14 @@ def prefix_cache() -> dict[str, float]:
     return totals
 
 
-def settled_prefix_cache(timeout_s: float = 60.0) -> dict[str, float]:
+def settled_counters(timeout_s: float = 60.0) -> dict[str, float]:
     """The counters once two readings 4 s apart agree (vLLM and Ray's agent copy them
     periodically), or the last reading after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    last = prefix_cache()
+    last = counters()
     while time.monotonic() < deadline:
         time.sleep(4)
-        now = prefix_cache()
+        now = counters()
         if now == last and now["queries"] > 0:
             return now
         last = now
@@ -152,12 +152,12 @@ def measure(
                 with start(served, port, log):
                     run.warm_up(served, port, tokenizer, logs, client)
                     for sample in range(served.samples):
-                        before = settled_prefix_cache()
+                        before = settled_counters()
                         result = logs / f"{log.stem}-{sample}.json"
                         figures = run.client_run(
                             client, served, port, tokenizer, result, seed=1 + index * 10 + sample
                         )
-                        after = settled_prefix_cache()
+                        after = settled_counters()
                         queries = after["queries"] - before["queries"]
                         hit_rate = (after["hits"] - before["hits"]) / queries if queries else 0.0
                         row = {"hit_rate": hit_rate, **{m: figures[m] for m in FIGURES[1:]}}

@@ -17,6 +17,7 @@ from ray.serve import Application
 from serve_app.config.errors import ConfigError
 from serve_app.config.placement import unplaceable
 from serve_app.config.plan import AppPlan, ModelDeployment, build_plan
+from serve_app.config.ray_env import ray_setting_on
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.job_queue import JobQueue
 from serve_app.deployments.llm_server import LLMIngressServer, LLMServer
@@ -78,13 +79,6 @@ def check_placement(plan: AppPlan) -> None:
             )
     if problems:
         raise ConfigError(problems)
-
-
-def ray_setting_on(name: str) -> bool:
-    """A Ray setting read when Ray's processes start, as Serve reads it ("1" is on), from this
-    process's environment now: Serve's own constants are read once, when ray.serve is first
-    imported, and miss a launcher's (or a test's) settings applied after that import."""
-    return os.environ.get(name, "0") == "1"
 
 
 def haproxy_on() -> bool:

@@ -45,6 +45,13 @@ def ray_env_defaults(environ: Mapping[str, str]) -> dict[str, str]:
     return defaults
 
 
+def ray_setting_on(name: str) -> bool:
+    """A Ray setting read when Ray's processes start, as Serve reads it ("1" is on), from this
+    process's environment now: Serve's own constants are read once, when ray.serve is first
+    imported, and miss a launcher's (or a test's) settings applied after that import."""
+    return os.environ.get(name, "0") == "1"
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 

@@ -54,7 +54,8 @@ def test_the_app_reads_haproxy_and_forward_body_as_ray_was_started_not_as_first_
 ):
     import ray.serve._private.constants  # noqa: F401  (Serve's reading, frozen at import)
 
-    from serve_app.app import haproxy_on, ray_setting_on
+    from serve_app.app import haproxy_on
+    from serve_app.config.ray_env import ray_setting_on
 
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
     monkeypatch.setenv("RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY", "1")
