@@ -11,11 +11,14 @@ about half the shared workload's prefixes, driven by vLLM's own benchmark client
 - `random`: the random dataset (128 in, 64 out), nothing shared: what routing costs when there
   is nothing to win;
 - `light` (not run by default): the random dataset one request at a time (128 in, 16 out), so
-  that the time to first token is the path's own (the route picker's hop), not queueing.
+  that the time to first token is the path's own (the route picker's hop), not queueing; HAProxy
+  also times each call to the route picker (RAY_SERVE_INGRESS_REQUEST_ROUTER_METRICS_ENABLED),
+  shown as `router_ms`, the mean per request.
 
 Columns, alternated: this application with ROUTING_POLICY=least_loaded (HAProxy's leastconn,
-what Serve does), =round_robin and =prefix (the default), and with `--peer` Ray Serve LLM with
-its PrefixCacheAffinityRouter on the same engine arguments, as Ray ships it (Serve's Python
+what Serve does), the same behind Serve's Python proxy instead of HAProxy (`pow2`: Serve's
+power of two choices), =round_robin and =prefix (the default), and with `--peer` Ray Serve
+LLM with its PrefixCacheAffinityRouter on the same engine arguments, as Ray ships it (Serve's Python
 proxy) and with its direct streaming (HAProxy asking its router, this application's shape).
 Per column: the prefix-cache hit rate of the run (the engines' own counters, read from
 Ray's metrics endpoint), median and p99 TTFT, output throughput. Results: a table on stdout and
@@ -55,6 +58,8 @@ REPLICAS = {
 }
 # vLLM copies its counters into Ray's metrics every VLLM_LOG_STATS_INTERVAL seconds.
 STATS_ENV = {"VLLM_LOG_STATS_INTERVAL": "2"}
+# HAProxy times its call to the route picker, into Ray's metrics (a histogram in ms).
+ROUTER_TIMING_ENV = {"RAY_SERVE_INGRESS_REQUEST_ROUTER_METRICS_ENABLED": "1"}
 FIGURES = ("hit_rate", "output_throughput", "median_ttft_ms", "p99_ttft_ms")
 
 
@@ -71,12 +76,16 @@ def workloads(names: list[str]) -> list[run.Workload]:
     if "random" in names:
         found.append(run.Workload("random", MODEL, MODEL, 128, 64, 64, 16, env=env))
     if "light" in names:  # one request at a time: TTFT is the path's own cost, not queueing
-        found.append(run.Workload("light", MODEL, MODEL, 128, 16, 32, 1, env=env))
+        timed = {**env, **ROUTER_TIMING_ENV}
+        found.append(run.Workload("light", MODEL, MODEL, 128, 16, 32, 1, env=timed))
     return found
 
 
 COLUMNS = {
     "leastconn": (run.our_server, {"ROUTING_POLICY": "least_loaded"}),
+    # Serve's power of two choices: what its Python proxy does with several replicas (HAProxy,
+    # this app's HTTP path, has leastconn instead); the engines, not the proxy, bound these runs
+    "pow2": (run.our_server, {"ROUTING_POLICY": "least_loaded", "RAY_SERVE_ENABLE_HA_PROXY": "0"}),
     "round_robin": (run.our_server, {"ROUTING_POLICY": "round_robin"}),
     "prefix": (run.our_server, {"ROUTING_POLICY": "prefix"}),
 }
@@ -104,6 +113,9 @@ def metrics_url() -> str:
 
 
 SERIES = re.compile(r"^ray_vllm_prefix_cache_(queries|hits)(?:_total)?\{[^}]*\}\s+(\S+)", re.M)
+ROUTER_MS = re.compile(
+    r"^ray_serve_haproxy_ingress_router_latency_ms_(sum|count)\{[^}]*\}\s+(\S+)", re.M
+)
 DECISIONS = re.compile(
     r"^ray_serve_app_routing_decisions(?:_total)?\{[^}]*reason=\"(\w+)\"[^}]*\}\s+(\S+)", re.M
 )
@@ -111,12 +123,15 @@ DECISIONS = re.compile(
 
 def counters() -> dict[str, float]:
     """Prompt tokens all engines looked up in their prefix caches and found, from Ray's
-    metrics (vLLM's counters); and this application's routing decisions, as `reason:<name>`."""
+    metrics (vLLM's counters); this application's routing decisions, as `reason:<name>`; and
+    the time HAProxy spent asking the route picker, as `router:sum` and `router:count`."""
     totals = {"queries": 0.0, "hits": 0.0}
     with contextlib.suppress(httpx.HTTPError, ValueError):
         text = httpx.get(metrics_url(), timeout=10).text
         for kind, value in SERIES.findall(text):
             totals[kind] += float(value)
+        for kind, value in ROUTER_MS.findall(text):
+            totals[f"router:{kind}"] = totals.get(f"router:{kind}", 0.0) + float(value)
         for reason, value in DECISIONS.findall(text):
             totals[f"reason:{reason}"] = totals.get(f"reason:{reason}", 0.0) + float(value)
     return totals
@@ -166,8 +181,14 @@ def measure(
                             for key in after
                             if key.startswith("reason:") and after[key] > before.get(key, 0.0)
                         }
+                        asked = after.get("router:count", 0.0) - before.get("router:count", 0.0)
+                        if asked:
+                            spent = after["router:sum"] - before.get("router:sum", 0.0)
+                            row["router_ms"] = spent / asked
                         runs[name].append({**row, "decisions": decisions})
                         shown = ", ".join(f"{m} {row[m]:.3f}" for m in FIGURES)
+                        if "router_ms" in row:
+                            shown += f", router_ms {row['router_ms']:.2f}"
                         print(f"[bench] {name}: {shown}, decisions {decisions}", flush=True)
     return runs
 
