@@ -5,8 +5,9 @@ the ingress request router in front of HAProxy) routes by it with state of its o
 Loads are Serve's queue-length cache of this caller (running and queued requests per replica,
 from the replicas' own answers). A caller that only picks (the ingress request router: the
 request then goes from HAProxy to the replica, not through this caller) never sees a request
-finish, so it asks the replicas before a pick whenever its loads are older than FRESH_S (one
-question for a burst of picks), and counts what it picked since.
+finish, so while it picks it asks the replicas every FRESH_S in the background, off the
+requests' path, and counts what it picked since each question went out; the first pick after
+IDLE_S without one asks before it picks.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    RequestRouter,
+    RunningReplica,
+)
 
 from serve_app.logs import get_logger
 from serve_app.routing.policy import REASONS, Policy, affinity_key, routing_text
@@ -27,7 +33,8 @@ logger = get_logger(__name__)
 
 ROUTE_ONLY = "_serve_app_route_only"  # kwarg of a pick whose request goes out of band
 SESSION = "_serve_app_session"  # kwarg: the client's session header, if any
-FRESH_S = 0.05  # a route-only pick asks the replicas for loads older than this
+FRESH_S = 0.05  # while route-only picks come, the replicas are asked their loads this often
+IDLE_S = 2.0  # and for this long after the last one
 PROBE_TIMEOUT_S = 1.0
 KV_CACHE_TOKENS = "kv_cache_tokens"  # the replicas' routing stats (LLMServer)
 
@@ -68,8 +75,10 @@ class PolicyRouter(RequestRouter):
 
     def initialize_state(self, policy: str = "prefix", max_imbalance: int = 4, **_: Any) -> None:
         self._policy = Policy(policy, max_imbalance)  # type: ignore[arg-type]
-        self._asked_at = 0.0  # when the replicas last told their loads (route-only picks)
         self._asking: asyncio.Future | None = None
+        self._refresher: asyncio.Task | None = None  # asks every FRESH_S while picks come
+        self._last_pick = 0.0
+        self._picked: dict[ReplicaID, int] = {}  # route-only picks of each replica, ever
         self._decisions: Any = None
         try:
             from ray.serve import metrics
@@ -85,6 +94,8 @@ class PolicyRouter(RequestRouter):
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
+        current = {r.replica_id for r in replicas}
+        self._picked = {rid: n for rid, n in self._picked.items() if rid in current}
         self._policy.index.set_replicas(r.replica_id.to_full_id_str() for r in replicas)
 
     async def choose_replicas(
@@ -105,8 +116,11 @@ class PolicyRouter(RequestRouter):
             body, session = request_body(pending_request.args, pending_request.kwargs)
             session = session or getattr(pending_request.metadata, "session_id", None) or None
             route_only = bool(pending_request.kwargs.get(ROUTE_ONLY))
-        if route_only and time.monotonic() - self._asked_at > FRESH_S:
-            await self._ask_loads()
+        if route_only:
+            self._last_pick = time.monotonic()
+            if self._refresher is None or self._refresher.done():  # idle until now: ask first
+                await self._ask_loads()
+                self._refresher = asyncio.create_task(self._keep_loads_fresh())
         loads = self._loads(by_id)
         blocks = self._policy.blocks(routing_text(body) if body else None)
         affinity = affinity_key(body or {}, session)
@@ -129,6 +143,7 @@ class PolicyRouter(RequestRouter):
             )
         if route_only:  # Serve counts what it sends itself; this request goes out of band
             self.on_send_request(chosen.replica_id)
+            self._picked[chosen.replica_id] = self._picked.get(chosen.replica_id, 0) + 1
         others = sorted(
             (r for rid, r in by_id.items() if rid != decision.replica),
             key=lambda r: loads[r.replica_id.to_full_id_str()],
@@ -151,19 +166,28 @@ class PolicyRouter(RequestRouter):
             self._asking = asyncio.ensure_future(self._refresh(list(self.curr_replicas.values())))
         await asyncio.shield(self._asking)
 
+    async def _keep_loads_fresh(self) -> None:
+        """Asks the replicas their loads every FRESH_S until IDLE_S after the last pick."""
+        while time.monotonic() - self._last_pick < IDLE_S:
+            await asyncio.sleep(FRESH_S)
+            await self._ask_loads()
+
     async def _refresh(self, replicas: list[RunningReplica]) -> None:
-        """Each replica's running and queued requests, from the replica (bounded in time)."""
+        """Each replica's running and queued requests, from the replica (bounded in time),
+        plus this caller's picks of it since the question went out (which it may not have
+        counted yet: HAProxy sends them after the pick)."""
 
         async def one(replica: RunningReplica) -> None:
+            rid = replica.replica_id
+            before = self._picked.get(rid, 0)
             with contextlib.suppress(Exception):  # a replica stopping: Serve drops it
                 deadline = PROBE_TIMEOUT_S
                 queue = await asyncio.wait_for(
                     replica.get_queue_len(deadline_s=deadline), timeout=deadline
                 )
-                self.on_new_queue_len_info(replica.replica_id, queue)
+                self.on_new_queue_len_info(rid, queue + self._picked.get(rid, 0) - before)
 
         await asyncio.gather(*(one(r) for r in replicas))
-        self._asked_at = time.monotonic()
 
 
 __all__ = ["REASONS", "ROUTE_ONLY", "SESSION", "PolicyRouter", "request_body"]

@@ -65,13 +65,14 @@ def test_the_app_reads_haproxy_and_forward_body_as_ray_was_started_not_as_first_
 
 
 class FakeReplica:
-    """What the router reads of a replica, answering its load as told."""
+    """What the router reads of a replica, answering its load as told (once `gate` opens)."""
 
     def __init__(self, name: str, load: int):
         from ray.serve._private.common import DeploymentID, ReplicaID
 
         self.replica_id = ReplicaID(unique_id=name, deployment_id=DeploymentID("LLM", "app"))
         self.load, self.asked = load, 0
+        self.gate: asyncio.Event | None = None
         self.node_id, self.availability_zone = "node", None
         self.multiplexed_model_ids: set[str] = set()
         self.routing_stats: dict = {}
@@ -79,43 +80,93 @@ class FakeReplica:
 
     async def get_queue_len(self, *, deadline_s: float) -> int:
         self.asked += 1
+        load = self.load  # as the replica counts when asked
+        if self.gate is not None:
+            await self.gate.wait()
         await asyncio.sleep(0.01)
-        return self.load
+        return load
 
 
-def test_route_only_picks_ask_the_replicas_once_per_burst_and_follow_their_answers():
+def route_only_router():
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+    from serve_app.routing.serve_router import PolicyRouter
+
+    router = PolicyRouter(
+        DeploymentID("LLM", "app"), DeploymentHandleSource.UNKNOWN, use_replica_queue_len_cache=True
+    )
+    router.initialize_state(policy="prefix")
+    return router
+
+
+async def pick(router, replicas: list[FakeReplica], i: int) -> str:
+    """A route-only pick of a prompt that matches nothing (so: by load); the replica's name."""
     from types import SimpleNamespace
 
-    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
     from ray.serve.request_router import PendingRequest
 
-    from serve_app.routing.serve_router import FRESH_S, ROUTE_ONLY, PolicyRouter
+    from serve_app.routing.serve_router import ROUTE_ONLY
+
+    body = {"prompt": f"{i} " + "unshared words " * 40}
+    request = PendingRequest([body], {ROUTE_ONLY: True}, SimpleNamespace(session_id=None))
+    ranks = await router.choose_replicas(replicas, request)
+    return ranks[0][0].replica_id.unique_id
+
+
+def test_route_only_picks_after_a_pause_ask_the_replicas_once_then_keep_asking_in_background(
+    monkeypatch,
+):
+    from serve_app.routing import serve_router
+
+    monkeypatch.setattr(serve_router, "IDLE_S", 0.3)
 
     async def scenario() -> None:
-        router = PolicyRouter(
-            DeploymentID("LLM", "app"),
-            DeploymentHandleSource.UNKNOWN,
-            use_replica_queue_len_cache=True,
-        )
-        router.initialize_state(policy="prefix")
+        router = route_only_router()
         busy, idle = FakeReplica("busy", 0), FakeReplica("idle", 0)
         router.update_replicas([busy, idle])  # Serve asks new replicas their loads: 0, 0
-        await asyncio.sleep(FRESH_S * 2)
+        await asyncio.sleep(0.05)
         busy.load, busy.asked, idle.asked = 3, 0, 0  # requests reached it, not through here
 
-        async def pick(i: int) -> str:
-            body = {"prompt": f"{i} " + "unshared words " * 40}  # nothing to match: by load
-            request = PendingRequest([body], {ROUTE_ONLY: True}, SimpleNamespace(session_id=None))
-            ranks = await router.choose_replicas([busy, idle], request)
-            return ranks[0][0].replica_id.unique_id
-
-        # a burst: one question to each replica, then picks counted on its answers
-        assert await asyncio.gather(*(pick(i) for i in range(3))) == ["idle"] * 3
+        # a burst after a pause: one question to each replica first, picks counted on it
+        assert (
+            await asyncio.gather(*(pick(router, [busy, idle], i) for i in range(3))) == ["idle"] * 3
+        )
         assert (busy.asked, idle.asked) == (1, 1)
-        # the busy replica finished its requests; the replicas are asked again, not assumed
+        # the busy replica finished its requests: the background questions tell the router
         busy.load, idle.load = 0, 3
-        await asyncio.sleep(FRESH_S * 2)
-        assert await pick(3) == "busy"
-        assert (busy.asked, idle.asked) == (2, 2)
+        await asyncio.sleep(serve_router.FRESH_S * 3)
+        assert busy.asked >= 2 and idle.asked >= 2
+        assert await pick(router, [busy, idle], 3) == "busy"
+        # IDLE_S after the last pick the questions stop
+        await asyncio.sleep(serve_router.IDLE_S + serve_router.FRESH_S * 3)
+        asked = (busy.asked, idle.asked)
+        await asyncio.sleep(serve_router.FRESH_S * 3)
+        assert (busy.asked, idle.asked) == asked
+
+    asyncio.run(scenario())
+
+
+def test_picks_while_a_background_question_is_out_neither_wait_nor_get_lost():
+    async def scenario() -> None:
+        router = route_only_router()
+        a, b = FakeReplica("a", 0), FakeReplica("b", 0)
+        router.update_replicas([a, b])
+        await pick(router, [a, b], 0)  # asks first (nothing picked yet), then starts asking
+        gate = asyncio.Event()
+        a.gate = b.gate = gate  # the next background question hangs until the gate opens
+        asked = a.asked + b.asked
+        for _ in range(100):  # bounded: the background question goes out within FRESH_S
+            if a.asked + b.asked > asked:
+                break
+            await asyncio.sleep(0.01)
+        assert a.asked + b.asked > asked
+        # four picks while the question is out: none waits for it, and they spread
+        picks = [await asyncio.wait_for(pick(router, [a, b], i), 1.0) for i in range(1, 5)]
+        assert set(picks) == {"a", "b"}
+        # the answer (counted before those picks reached the replicas) keeps them counted
+        gate.set()
+        await asyncio.sleep(0.05)
+        loads = router._loads({"a": a, "b": b})
+        assert sum(loads.values()) >= 4
 
     asyncio.run(scenario())
