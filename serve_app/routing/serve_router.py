@@ -5,9 +5,11 @@ the ingress request router in front of HAProxy) routes by it with state of its o
 Loads are Serve's queue-length cache of this caller (running and queued requests per replica,
 from the replicas' own answers). A caller that only picks (the ingress request router: the
 request then goes from HAProxy to the replica, not through this caller) never sees a request
-finish, so while it picks it asks the replicas every FRESH_S in the background, off the
-requests' path, and counts what it picked since each question went out; the first pick after
-IDLE_S without one asks before it picks.
+finish. While it picks, it asks the replicas their loads every FRESH_S in the background, off
+the requests' path, and counts what it picked since each question went out: its loads are then
+upper bounds, and a replica at 0 is idle. A pick that finds no replica idle asks them first
+(most likely some finished since), unless an answer came within BURST_S (one question for a
+burst of picks).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ROUTE_ONLY = "_serve_app_route_only"  # kwarg of a pick whose request goes out o
 SESSION = "_serve_app_session"  # kwarg: the client's session header, if any
 FRESH_S = 0.05  # while route-only picks come, the replicas are asked their loads this often
 IDLE_S = 2.0  # and for this long after the last one
+BURST_S = 0.01  # a pick that finds no replica idle asks them first, unless answered this recently
 PROBE_TIMEOUT_S = 1.0
 KV_CACHE_TOKENS = "kv_cache_tokens"  # the replicas' routing stats (LLMServer)
 
@@ -78,6 +81,7 @@ class PolicyRouter(RequestRouter):
         self._asking: asyncio.Future | None = None
         self._refresher: asyncio.Task | None = None  # asks every FRESH_S while picks come
         self._last_pick = 0.0
+        self._answered_at = 0.0  # when the replicas last told their loads
         self._picked: dict[ReplicaID, int] = {}  # route-only picks of each replica, ever
         self._decisions: Any = None
         try:
@@ -118,9 +122,10 @@ class PolicyRouter(RequestRouter):
             route_only = bool(pending_request.kwargs.get(ROUTE_ONLY))
         if route_only:
             self._last_pick = time.monotonic()
-            if self._refresher is None or self._refresher.done():  # idle until now: ask first
-                await self._ask_loads()
+            if self._refresher is None or self._refresher.done():
                 self._refresher = asyncio.create_task(self._keep_loads_fresh())
+            if not self._one_idle(by_id) and time.monotonic() - self._answered_at > BURST_S:
+                await self._ask_loads()
         loads = self._loads(by_id)
         blocks = self._policy.blocks(routing_text(body) if body else None)
         affinity = affinity_key(body or {}, session)
@@ -158,6 +163,11 @@ class PolicyRouter(RequestRouter):
             for rid, replica in by_id.items()
         }
 
+    def _one_idle(self, by_id: dict[str, RunningReplica]) -> bool:
+        """Whether a replica is known to be idle: its last answer plus picks since is 0."""
+        cache = self._replica_queue_len_cache
+        return any(cache.get(replica.replica_id) == 0 for replica in by_id.values())
+
     async def _ask_loads(self, now: bool = False) -> None:
         """Each replica's running and queued requests, from the replicas: picks that come
         while the question is out wait for its answer (one question per burst); `now` asks
@@ -188,6 +198,7 @@ class PolicyRouter(RequestRouter):
                 self.on_new_queue_len_info(rid, queue + self._picked.get(rid, 0) - before)
 
         await asyncio.gather(*(one(r) for r in replicas))
+        self._answered_at = time.monotonic()
 
 
 __all__ = ["REASONS", "ROUTE_ONLY", "SESSION", "PolicyRouter", "request_body"]

@@ -113,7 +113,7 @@ async def pick(router, replicas: list[FakeReplica], i: int) -> str:
     return ranks[0][0].replica_id.unique_id
 
 
-def test_route_only_picks_after_a_pause_ask_the_replicas_once_then_keep_asking_in_background(
+def test_a_pick_that_finds_no_replica_idle_asks_them_once_per_burst_and_follows_the_answers(
     monkeypatch,
 ):
     from serve_app.routing import serve_router
@@ -122,21 +122,23 @@ def test_route_only_picks_after_a_pause_ask_the_replicas_once_then_keep_asking_i
 
     async def scenario() -> None:
         router = route_only_router()
-        busy, idle = FakeReplica("busy", 0), FakeReplica("idle", 0)
-        router.update_replicas([busy, idle])  # Serve asks new replicas their loads: 0, 0
+        busy, idle = FakeReplica("busy", 3), FakeReplica("idle", 0)
+        router.update_replicas([busy, idle])  # Serve asks new replicas their loads
         await asyncio.sleep(0.05)
-        busy.load, busy.asked, idle.asked = 3, 0, 0  # requests reached it, not through here
+        router.on_new_queue_len_info(busy.replica_id, 3)  # both busy, as the router last heard
+        router.on_new_queue_len_info(idle.replica_id, 2)  # ... since then this one finished
+        busy.asked = idle.asked = 0
 
-        # a burst after a pause: one question to each replica first, picks counted on it
-        assert (
-            await asyncio.gather(*(pick(router, [busy, idle], i) for i in range(3))) == ["idle"] * 3
-        )
+        # a burst: one question to each replica first, then picks counted on its answers
+        replicas = [busy, idle]
+        picks = await asyncio.gather(*(pick(router, replicas, i) for i in range(3)))
+        assert picks == ["idle"] * 3
         assert (busy.asked, idle.asked) == (1, 1)
         # the busy replica finished its requests: the background questions tell the router
         busy.load, idle.load = 0, 3
         await asyncio.sleep(serve_router.FRESH_S * 3)
         assert busy.asked >= 2 and idle.asked >= 2
-        assert await pick(router, [busy, idle], 3) == "busy"
+        assert await pick(router, replicas, 3) == "busy"
         # IDLE_S after the last pick the questions stop
         await asyncio.sleep(serve_router.IDLE_S + serve_router.FRESH_S * 3)
         asked = (busy.asked, idle.asked)
@@ -146,27 +148,40 @@ def test_route_only_picks_after_a_pause_ask_the_replicas_once_then_keep_asking_i
     asyncio.run(scenario())
 
 
-def test_picks_while_a_background_question_is_out_neither_wait_nor_get_lost():
+def test_a_pick_that_finds_a_replica_idle_goes_there_without_a_question():
     async def scenario() -> None:
         router = route_only_router()
         a, b = FakeReplica("a", 0), FakeReplica("b", 0)
+        a.gate = b.gate = asyncio.Event()  # a question would hang
         router.update_replicas([a, b])
-        await pick(router, [a, b], 0)  # asks first (nothing picked yet), then starts asking
+        router.on_new_queue_len_info(a.replica_id, 2)
+        router.on_new_queue_len_info(b.replica_id, 0)
+        assert await asyncio.wait_for(pick(router, [a, b], 0), 1.0) == "b"
+
+    asyncio.run(scenario())
+
+
+def test_picks_made_while_a_question_is_out_are_added_to_its_answer():
+    async def scenario() -> None:
+        router = route_only_router()
+        a, b = FakeReplica("a", 0), FakeReplica("b", 0)
+        router.update_replicas([a, b])  # Serve asks new replicas their loads
+        await asyncio.sleep(0.05)
+        a.asked = b.asked = 0
         gate = asyncio.Event()
-        a.gate = b.gate = gate  # the next background question hangs until the gate opens
-        asked = a.asked + b.asked
-        for _ in range(100):  # bounded: the background question goes out within FRESH_S
-            if a.asked + b.asked > asked:
+        a.gate = b.gate = gate  # the background question hangs until the gate opens
+        first = await pick(router, [a, b], 0)  # starts the background questions
+        for _ in range(100):  # bounded: the first goes out after FRESH_S
+            if a.asked and b.asked:
                 break
             await asyncio.sleep(0.01)
-        assert a.asked + b.asked > asked
-        # four picks while the question is out: none waits for it, and they spread
-        picks = [await asyncio.wait_for(pick(router, [a, b], i), 1.0) for i in range(1, 5)]
-        assert set(picks) == {"a", "b"}
-        # the answer (counted before those picks reached the replicas) keeps them counted
+        assert a.asked and b.asked
+        # the other is still idle as far as the router knows: no waiting for the question
+        other = {"a": b, "b": a}[first]
+        assert await asyncio.wait_for(pick(router, [a, b], 1), 1.0) == other.replica_id.unique_id
+        # the replicas answer as they counted when asked, before that request reached it
         gate.set()
         await asyncio.sleep(0.05)
-        loads = router._loads({"a": a, "b": b})
-        assert sum(loads.values()) >= 4
+        assert router._replica_queue_len_cache.get(other.replica_id) == 1
 
     asyncio.run(scenario())
