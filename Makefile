@@ -62,9 +62,10 @@ bench: setup
 	$(call install,$(EXTRAS)$(comma)bench)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# Routing across two replicas of the default model: ROUTING_POLICY's columns on a shared-prefix
-# and a random workload (bench/routing.py; about 40 minutes). BENCH_ARGS="--peer" adds Ray Serve
-# LLM with its PrefixCacheAffinityRouter.
+# Routing across two replicas of the default model: HAProxy's leastconn, Serve's power of two
+# choices and ROUTING_POLICY=prefix on a shared-prefix and a random workload (bench/routing.py;
+# about an hour). BENCH_ARGS="--peer" adds Ray Serve LLM with its PrefixCacheAffinityRouter
+# (about an hour and a half in all).
 bench-routing: setup
 	$(call install,$(EXTRAS)$(comma)bench)
 	$(PY) bench/routing.py $(BENCH_ARGS)

@@ -17,9 +17,10 @@ about half the shared workload's prefixes, driven by vLLM's own benchmark client
 
 Columns, alternated: this application with ROUTING_POLICY=least_loaded (HAProxy's leastconn,
 what Serve does), the same behind Serve's Python proxy instead of HAProxy (`pow2`: Serve's
-power of two choices), =round_robin and =prefix (the default), and with `--peer` Ray Serve
-LLM with its PrefixCacheAffinityRouter on the same engine arguments, as Ray ships it (Serve's Python
-proxy) and with its direct streaming (HAProxy asking its router, this application's shape).
+power of two choices) and =prefix (the default); `--columns round_robin` adds that policy, and
+`--peer` Ray Serve LLM with its PrefixCacheAffinityRouter on the same engine arguments, as Ray
+ships it (Serve's Python proxy) and with its direct streaming (HAProxy asking its router, this
+application's shape).
 Per column: the prefix-cache hit rate of the run (the engines' own counters, read from
 Ray's metrics endpoint), median and p99 TTFT, output throughput. Results: a table on stdout and
 docs/benchmarks/routing.json.
@@ -217,7 +218,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--samples", type=int, default=1, help="client runs per start")
     parser.add_argument("--columns", nargs="+", choices=sorted(COLUMNS | PEER),
-                        default=list(COLUMNS))  # fmt: skip
+                        default=["leastconn", "pow2", "prefix"])  # fmt: skip
     parser.add_argument("--peer", action="store_true", help="and Ray Serve LLM's prefix router")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "routing.json")
     ns = parser.parse_args()
