@@ -35,7 +35,7 @@ logger = get_logger(__name__)
 
 ROUTE_ONLY = "_serve_app_route_only"  # kwarg of a pick whose request goes out of band
 SESSION = "_serve_app_session"  # kwarg: the client's session header, if any
-FRESH_S = 0.05  # while route-only picks come, the replicas are asked their loads this often
+FRESH_S = 0.25  # while route-only picks come, the replicas are asked their loads this often
 IDLE_S = 2.0  # and for this long after the last one
 BURST_S = 0.01  # a pick that finds no replica idle asks them first, unless answered this recently
 PROBE_TIMEOUT_S = 1.0

@@ -118,6 +118,7 @@ def test_a_pick_that_finds_no_replica_idle_asks_them_once_per_burst_and_follows_
 ):
     from serve_app.routing import serve_router
 
+    monkeypatch.setattr(serve_router, "FRESH_S", 0.05)
     monkeypatch.setattr(serve_router, "IDLE_S", 0.3)
 
     async def scenario() -> None:
@@ -171,7 +172,7 @@ def test_picks_made_while_a_question_is_out_are_added_to_its_answer():
         gate = asyncio.Event()
         a.gate = b.gate = gate  # the background question hangs until the gate opens
         first = await pick(router, [a, b], 0)  # starts the background questions
-        for _ in range(100):  # bounded: the first goes out after FRESH_S
+        for _ in range(300):  # bounded: the first goes out after FRESH_S
             if a.asked and b.asked:
                 break
             await asyncio.sleep(0.01)
