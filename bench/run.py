@@ -148,6 +148,12 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _sigint_stops() -> None:
+    """In the server, before it starts: SIGINT stops it even when this process was started
+    with SIGINT ignored (nohup, a background job, some CI runners), which a child inherits."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def running(
     command: list[str], env: dict[str, str], health_url: str, log: Path, placement: str = "same"
@@ -165,7 +171,8 @@ def running(
     where = {"start_new_session": True} if placement == "own" else {"process_group": 0}
     with sigterm_as_exit(), open(log, "w") as out:
         process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, **where,
+            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=_sigint_stops, **where,
         )  # fmt: skip
         tree = cpu.ProcessTree(process.pid)
         try:
