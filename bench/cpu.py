@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # The roles make bench reports, in its table's order.
-ROLES = ("API server", "replica", "engine core", "vLLM worker", "HAProxy", "Ray", "other")
+ROLES = ("API server", "replica", "route picker", "engine core", "vLLM worker", "HAProxy", "Ray",
+         "other")  # fmt: skip
 
 
 def label(process: psutil.Process) -> str:
@@ -66,8 +67,8 @@ def role(name: str) -> str:
         return "engine core"
     if name.startswith("VLLM::"):
         return "vLLM worker"
-    if name.startswith("ray::ServeReplica"):
-        return "replica"
+    if name.startswith("ray::ServeReplica"):  # this app's HAProxy route picker is one too
+        return "route picker" if name.endswith(":RoutePicker") else "replica"
     if name == "haproxy":
         return "HAProxy"
     if name == "python -m vllm.entrypoints.openai.api_server":

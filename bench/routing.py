@@ -23,8 +23,8 @@ ships it (Serve's Python proxy) and with its direct streaming (HAProxy asking it
 application's shape).
 Per column: the prefix-cache hit rate of the run (the engines' own counters, read from
 Ray's metrics endpoint), median and p99 TTFT, output throughput, median ITL, and the CPU the
-server's processes spent per 1,000 output tokens, in all and by role (bench/cpu.py; the route
-picker apart). Results: a table on stdout and docs/benchmarks/routing.json.
+server's processes spent per 1,000 output tokens, in all and by role (bench/cpu.py). Results: a
+table on stdout and docs/benchmarks/routing.json.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import cpu, peer, run  # noqa: E402
+from bench import peer, run  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # SmolLM2-135M in float32 keeps 46,080 bytes of KV per token (30 layers, 3 KV heads of 64):
@@ -153,19 +153,6 @@ def settled_counters(timeout_s: float = 60.0) -> dict[str, float]:
     return last
 
 
-def cpu_per_1k(used: dict[str, float], tokens: int) -> dict:
-    """CPU ms per 1,000 output tokens of the server's processes (bench/cpu.py), in all and by
-    role, with this application's route picker apart from the LLM replicas."""
-    roles: dict[str, float] = {}
-    for name, seconds in used.items():
-        kind = "route picker" if "RoutePicker" in name else cpu.role(name)
-        roles[kind] = roles.get(kind, 0.0) + seconds
-    return {
-        run.CPU: cpu.per_1k_tokens(sum(used.values()), tokens),
-        "cpu_roles": {k: round(cpu.per_1k_tokens(v, tokens)) for k, v in sorted(roles.items())},
-    }
-
-
 def measure(
     workload: run.Workload, columns: dict, rounds: int, logs: Path
 ) -> dict[str, list[dict[str, float]]]:
@@ -184,17 +171,16 @@ def measure(
                     for sample in range(served.samples):
                         before = settled_counters()
                         result = logs / f"{log.stem}-{sample}.json"
-                        cpu_before = server.cpu_seconds()
-                        figures = run.client_run(
-                            client, served, port, tokenizer, result, seed=1 + index * 10 + sample
-                        )
-                        used = cpu.spent(cpu_before, server.cpu_seconds())
+                        figures = run.measured_run(
+                            client, server, served, port, tokenizer, result,
+                            seed=1 + index * 10 + sample,
+                        )  # fmt: skip
                         after = settled_counters()
                         queries = after["queries"] - before["queries"]
                         hit_rate = (after["hits"] - before["hits"]) / queries if queries else 0.0
                         row = {"hit_rate": hit_rate, **{m: figures[m] for m in FIGURES[1:]}}
-                        row["median_itl_ms"] = figures["median_itl_ms"]
-                        row |= cpu_per_1k(used, figures["total_output_tokens"])
+                        for key in ("median_itl_ms", run.CPU, "cpu_roles"):
+                            row[key] = figures[key]
                         decisions = {
                             key.removeprefix("reason:"): after[key] - before.get(key, 0.0)
                             for key in after
@@ -207,7 +193,8 @@ def measure(
                         runs[name].append({**row, "decisions": decisions})
                         shown = ", ".join(f"{m} {row[m]:.3f}" for m in FIGURES)
                         shown += f", median_itl_ms {row['median_itl_ms']:.1f}"
-                        shown += f", cpu_ms_per_1k_tok {row[run.CPU]:.0f} {row['cpu_roles']}"
+                        roles = {k: round(v) for k, v in row["cpu_roles"].items()}
+                        shown += f", cpu_ms_per_1k_tok {row[run.CPU]:.0f} {roles}"
                         if "router_ms" in row:
                             shown += f", router_ms {row['router_ms']:.2f}"
                         print(f"[bench] {name}: {shown}, decisions {decisions}", flush=True)

@@ -131,18 +131,16 @@ def test_a_server_runs_in_the_session_its_placement_says(tmp_path, placement):
     assert os.getsid(0) == int(ours)
 
 
-def test_the_routing_benchmark_counts_the_route_picker_apart_from_the_llm_replicas():
-    from bench import routing
-
+def test_the_route_picker_counts_apart_from_the_llm_replicas():
     used = {
         "ray::ServeReplica:llm:RoutePicker": 0.2,
         "ray::ServeReplica:llm:LLM": 1.0,
         "VLLM::EngineCore": 3.0,
         "haproxy": 0.1,
     }
-    figures = routing.cpu_per_1k(used, tokens=1000)
-    assert figures[run.CPU] == pytest.approx(4300)
-    assert figures["cpu_roles"] == {
+    roles = cpu.by_role(used)
+    assert cpu.per_1k_tokens(sum(roles.values()), 1000) == pytest.approx(4300)
+    assert {k: round(cpu.per_1k_tokens(v, 1000)) for k, v in roles.items()} == {
         "HAProxy": 100,
         "engine core": 3000,
         "replica": 1000,
