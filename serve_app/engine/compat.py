@@ -50,6 +50,7 @@ REQUIRED = (
 
 # Functions the adapter calls with these parameters (by name, in this order).
 SIGNATURES = {
+    "vllm.AsyncLLMEngine.shutdown": ("self", "timeout"),
     "vllm.entrypoints.launchers.app.build_app": ("args", "supported_tasks", "model_config"),
     "vllm.entrypoints.openai.chat_completion.serving.OpenAIServingChat._make_parser": (
         "self",

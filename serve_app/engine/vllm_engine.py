@@ -32,6 +32,12 @@ from serve_app.logs import get_logger
 
 logger = get_logger(__name__)
 
+# How long a stopping engine's processes get to exit before they are killed (vLLM waits 5 s).
+# Their own teardown takes well under a second; the rest is the interpreter's exit of a heap
+# the size of torch and vLLM, which a process about to vanish need not free, and a replica
+# that stops (scale-in, redeploy, replacement) waits for it.
+EXIT_GRACE_S = 1.0
+
 
 def _metrics_loggers(disabled: bool) -> list[Any] | None:
     """In a Ray cluster, vLLM's Prometheus metrics also go to Ray's metrics, so every node's
@@ -294,7 +300,7 @@ class VLLMEngine:
             self._stall_watch.task.cancel()
         engine, self._engine = self._engine, None
         if engine is not None:
-            engine.shutdown()
+            engine.shutdown(timeout=EXIT_GRACE_S)
 
 
 async def start(model: ModelDeployment) -> VLLMEngine:
