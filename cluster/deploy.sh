@@ -3,19 +3,15 @@
 #
 #   cluster/deploy.sh [serve_config.yaml]
 #
-# Validates the configuration first (one message listing every bad setting, exit code 2),
-# then `serve deploy`s it through the head's dashboard and follows `serve status` until the
-# application is RUNNING (exit 0) or DEPLOY_FAILED (exit 1, with Serve's message).
+# Validates the configuration first (one message listing every bad setting, or why no node of
+# the cluster can hold a replica: exit code 2, nothing deployed), then `serve deploy`s it
+# through the head's dashboard and follows `serve status` until the application is RUNNING
+# (exit 0) or DEPLOY_FAILED (exit 1, with Serve's message).
 # shellcheck source=cluster/common.sh
 source "$(dirname "$0")/common.sh"
 
 CONFIG="${1:-$SERVE_CONFIG}"
 ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
-# Validated (every bad setting listed, exit 2), with HOST/PORT applied and each LLM
-# deployment's replica scaling written out: REPLICAS="MIN MAX" (cluster/scale.sh) sets its bounds.
-SCALING=(--scaling)
-if [[ -n "${REPLICAS:-}" ]]; then read -r -a bounds <<<"$REPLICAS"; SCALING+=(--replicas "${bounds[@]}"); fi
-LAUNCH_CONFIG="$("$PYTHON" -m serve_app launch-config "$CONFIG" "${SCALING[@]}")"
 # The dashboard (Serve's REST API) may still be starting right after start-head.sh.
 if ! "$PYTHON" - "$ADDRESS" "${DASHBOARD_WAIT_S:-60}" <<'PY'
 import sys, time, urllib.error, urllib.request
@@ -36,6 +32,12 @@ then
   log "DASHBOARD_PORT the port it was started with? Its log: /tmp/ray/session_latest/logs/dashboard.log"
   exit 1
 fi
+# Validated (every bad setting listed, and a replica no node of the cluster can hold: exit 2,
+# nothing deployed), with HOST/PORT applied and each LLM deployment's replica scaling written
+# out: REPLICAS="MIN MAX" (cluster/scale.sh) sets its bounds.
+SCALING=(--scaling)
+if [[ -n "${REPLICAS:-}" ]]; then read -r -a bounds <<<"$REPLICAS"; SCALING+=(--replicas "${bounds[@]}"); fi
+LAUNCH_CONFIG="$("$PYTHON" -m serve_app launch-config "$CONFIG" "${SCALING[@]}" --check-on "127.0.0.1:$RAY_PORT")"
 log "deploying $CONFIG to $ADDRESS"
 "$SERVE" deploy "$LAUNCH_CONFIG" --address "$ADDRESS"
 

@@ -7,7 +7,8 @@
   runpod-config    RunPod's worker-config.json and .runpod/hub.json from the same schema
   ray-env          `export` lines of the Ray settings to apply where Ray starts (cluster/)
   launch-config    the Serve config to start with: CONFIG, or a copy with HOST/PORT applied
-                   (--scaling, --replicas MIN MAX: and the LLM deployments' replica scaling)
+                   (--scaling, --replicas MIN MAX: and the LLM deployments' replica scaling;
+                   --check-on ADDRESS: refused if no node of that Ray cluster holds a replica)
 
 Configuration errors print one message listing every bad variable, and exit with code 2.
 """
@@ -197,8 +198,30 @@ def with_scaling(app: dict[str, Any], plan: Any, replicas: tuple[int, int] | Non
 
 
 def cmd_launch_config(ns: argparse.Namespace) -> int:
+    if ns.check_on:
+        check_placement_on(ns.config, ns.check_on)
     print(write_launch_config(ns.config, scaling=ns.scaling, replicas=ns.replicas))
     return 0
+
+
+def check_placement_on(config_path: str, address: str) -> None:
+    """Refuse (ConfigError) a config with a replica that no node of the running Ray cluster at
+    `address` can hold, before anything is deployed (the application's build checks again)."""
+    import ray
+
+    from serve_app.config.plan import placement_problems
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    finally:
+        ray.shutdown()
+    problems = []
+    for name, plan in plans(config_path):
+        found = placement_problems(plan, nodes)
+        problems += [f"{name}: {p}" if name != "default" else p for p in found]
+    if problems:
+        raise ConfigError(problems)
 
 
 def cmd_ray_env(ns: argparse.Namespace) -> int:
@@ -274,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--replicas", nargs=2, type=int, metavar=("MIN", "MAX"), help="... with these bounds"
+    )
+    p.add_argument(
+        "--check-on",
+        metavar="ADDRESS",
+        help="refuse replicas no node of the Ray cluster at ADDRESS can hold (exit code 2)",
     )
     p.set_defaults(func=cmd_launch_config)
     p = sub.add_parser("runpod-config", help="worker-config.json and .runpod/hub.json")

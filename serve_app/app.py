@@ -15,8 +15,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config.errors import ConfigError
-from serve_app.config.placement import unplaceable
-from serve_app.config.plan import AppPlan, ModelDeployment, build_plan
+from serve_app.config.plan import AppPlan, ModelDeployment, build_plan, placement_problems
 from serve_app.config.ray_env import ray_setting_on
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.job_queue import JobQueue
@@ -68,16 +67,7 @@ def check_placement(plan: AppPlan) -> None:
     if not ray.is_initialized():  # `plan` outside a cluster: nothing to compare against
         return
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    problems = []
-    for model in plan.models:
-        reason = unplaceable(model.serve.placement, nodes) if model.serve.check_placement else None
-        if reason:
-            problems.append(
-                f"{model.deployment_name} ({model.model_name}): {reason}. Lower "
-                "TENSOR_PARALLEL_SIZE/PIPELINE_PARALLEL_SIZE, add nodes, or set "
-                "SKIP_PLACEMENT_CHECK=1 if the cluster's autoscaler adds them"
-            )
-    if problems:
+    if problems := placement_problems(plan, nodes):
         raise ConfigError(problems)
 
 

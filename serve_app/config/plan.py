@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from serve_app.config.env import EnvValues, read_env
 from serve_app.config.errors import ConfigError
-from serve_app.config.placement import Platform, ReplicaPlacement, plan_replica
+from serve_app.config.placement import Platform, ReplicaPlacement, plan_replica, unplaceable
 from serve_app.config.schema import EnvSchema, load_schema
 
 logger = logging.getLogger(__name__)
@@ -305,6 +305,21 @@ class AppPlan(BaseModel):
     ingress: IngressOptions
     jobs: JobQueueOptions
     models: list[ModelDeployment]
+
+
+def placement_problems(plan: AppPlan, nodes: list[Mapping[str, float]]) -> list[str]:
+    """One line per model whose replica no node of a cluster with these nodes' total
+    resources can hold, saying what to change (none: every replica fits)."""
+    problems = []
+    for model in plan.models:
+        reason = unplaceable(model.serve.placement, nodes) if model.serve.check_placement else None
+        if reason:
+            problems.append(
+                f"{model.deployment_name} ({model.model_name}): {reason}. Lower "
+                "TENSOR_PARALLEL_SIZE/PIPELINE_PARALLEL_SIZE, add nodes, or set "
+                "SKIP_PLACEMENT_CHECK=1 if the cluster's autoscaler adds them"
+            )
+    return problems
 
 
 def resolve_storage(values: EnvValues) -> Storage:

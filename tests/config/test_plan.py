@@ -13,7 +13,12 @@ import yaml
 from serve_app.__main__ import warn_if_open, with_scaling
 from serve_app.config.env import read_env
 from serve_app.config.errors import ConfigError
-from serve_app.config.plan import CONTROL_HEADROOM, CPU_KV_CACHE_BYTES, build_plan
+from serve_app.config.plan import (
+    CONTROL_HEADROOM,
+    CPU_KV_CACHE_BYTES,
+    build_plan,
+    placement_problems,
+)
 from serve_app.config.ray_env import loopback_haproxy, ray_env_defaults, serve_config_for
 from serve_app.engine import args as vllm_args
 
@@ -40,6 +45,17 @@ def test_defaults_serve_the_default_model_with_cpu_settings():
     assert args["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
     assert model.serve.max_concurrency == 300  # MAX_CONCURRENCY default
     assert model.serve.max_queued_requests == 100  # MAX_QUEUED_REQUESTS default
+
+
+def test_a_replica_no_node_holds_is_named_with_what_to_change():
+    plan = plan_of({"TENSOR_PARALLEL_SIZE": "4"}, platform="gpu")
+    nodes = [{"CPU": 32.0, "GPU": 2.0}, {"CPU": 32.0, "GPU": 2.0}]
+    (problem,) = placement_problems(plan, nodes)
+    assert problem.startswith("LLM (HuggingFaceTB/SmolLM2-135M-Instruct): an LLM replica needs")
+    assert "GPU: 4} on one node" in problem and "Lower TENSOR_PARALLEL_SIZE" in problem
+    assert placement_problems(plan, [{"CPU": 32.0, "GPU": 4.0}]) == []
+    unchecked = plan_of({"TENSOR_PARALLEL_SIZE": "4", "SKIP_PLACEMENT_CHECK": "1"}, platform="gpu")
+    assert placement_problems(unchecked, nodes) == []  # the cluster's autoscaler adds nodes
 
 
 def test_gpu_plan_keeps_model_dtype_and_cuda_graphs():

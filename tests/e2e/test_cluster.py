@@ -175,12 +175,15 @@ def cluster(tmp_path_factory, tiny_tp_model):
         assert not leftovers, f"stop.sh left {[p.pid for p in leftovers]} running"
 
 
-def test_a_plan_no_node_can_hold_fails_at_deploy_saying_why(cluster):
+def test_a_plan_no_node_can_hold_is_refused_before_deploying_saying_why(cluster):
     config = cluster.config("too-big.yaml", **{**cluster.settings, "TENSOR_PARALLEL_SIZE": 8})
     deploy = cluster.run("deploy.sh", str(config), timeout=300)
-    assert deploy.returncode == 1
+    assert deploy.returncode == 2, deploy.stderr
     assert "needs {CPU: 9" in deploy.stderr and "on one node" in deploy.stderr
     assert "largest node has {CPU: 4" in deploy.stderr
+    assert "deploying" not in deploy.stderr  # refused before `serve deploy`
+    status = cluster.run("status.sh", timeout=60)
+    assert "LLM" not in status.stdout, status.stdout  # nothing was deployed
 
 
 def test_replica_bundles_are_placed_as_planned_and_the_model_serves(cluster):
