@@ -7,6 +7,7 @@ question through the openai SDK, streaming and not.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -64,8 +65,9 @@ def served(tmp_path_factory):
             pytest.fail(f"not healthy after {START_TIMEOUT_S} s: see {log.name}")
         yield base_url
     finally:
-        for child in psutil.Process(process.pid).children(recursive=True):
-            tree.setdefault(child.pid, child)
+        with contextlib.suppress(psutil.NoSuchProcess):  # exited: its failure is raised above
+            for child in psutil.Process(process.pid).children(recursive=True):
+                tree.setdefault(child.pid, child)
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, as a user stops `make serve`
         stopping = time.monotonic()
         try:

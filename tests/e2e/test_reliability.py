@@ -490,7 +490,11 @@ def test_a_hung_engine_is_stopped_its_streams_and_jobs_end_and_the_replica_is_re
     started = time.monotonic()
     statuses = Counter()
     while time.monotonic() < started + 300:
-        response = post(app, "/v1/chat/completions", chat(max_tokens=2))
+        try:  # Serve's proxy may hold a request until the replacement runs
+            response = post(app, "/v1/chat/completions", chat(max_tokens=2))
+        except httpx.TimeoutException:
+            statuses["held past the client's timeout"] += 1
+            continue
         statuses[response.status_code] += 1
         if response.status_code == 200:
             break
@@ -498,7 +502,7 @@ def test_a_hung_engine_is_stopped_its_streams_and_jobs_end_and_the_replica_is_re
         time.sleep(1)
     else:
         pytest.fail(f"no recovery within 300 s: {statuses}")
-    assert set(statuses) <= {200, 503}, statuses
+    assert set(statuses) <= {200, 503, "held past the client's timeout"}, statuses
     assert app.handle().stats.remote().result()["pid"] != pid
     print(f"replica replaced, serving again {time.monotonic() - started:.0f} s after")
 
