@@ -14,14 +14,12 @@ setup: $(STAMP)
 
 # Install the project with the given extras, then fix what pip's resolution gets wrong
 # (pyproject.toml [tool.ray-vllm-worker]): every install of the cpu extra must do both.
-# --no-compile: Python compiles what it imports when first imported (about 6,000 modules),
-# not pip every one of the 28,000 it installs (90 s on 2 cores).
 define install
-	$(PY) -m pip install --quiet --no-compile -e ".[$(1)]"
+	$(PY) -m pip install --quiet -e ".[$(1)]"
 	@$(PY) -c 'import tomllib; c = tomllib.load(open("pyproject.toml", "rb"))["tool"]["ray-vllm-worker"]; print(" ".join(c["uninstall-after-cpu-install"]))' \
 		| xargs $(PY) -m pip uninstall --quiet --yes 2>/dev/null || true
 	@$(PY) -c 'import tomllib; c = tomllib.load(open("pyproject.toml", "rb"))["tool"]["ray-vllm-worker"]; print(" ".join(c["install-without-deps"]))' \
-		| xargs $(PY) -m pip install --quiet --no-compile --no-deps
+		| xargs $(PY) -m pip install --quiet --no-deps
 endef
 
 # Re-runs only when the pins (pyproject.toml) or this recipe change.
