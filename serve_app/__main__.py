@@ -63,10 +63,15 @@ def plans(config_path: str | None, platform: str | None = None) -> list[tuple[st
             plan = build_plan(os.environ, args, engine_args=vllm_args, platform=platform)
             result.append((name, plan))
         except ConfigError as exc:
-            problems += [f"{name}: {p}" if name != "default" else p for p in exc.problems]
+            problems += named(name, exc.problems)
     if problems:
         raise ConfigError(problems)
     return result
+
+
+def named(app: str, problems: list[str]) -> list[str]:
+    """Problems of one application, prefixed with its name when the config names it."""
+    return [f"{app}: {p}" if app != "default" else p for p in problems]
 
 
 def cmd_plan(ns: argparse.Namespace) -> int:
@@ -211,15 +216,13 @@ def check_placement_on(config_path: str, address: str) -> None:
 
     from serve_app.config.plan import placement_problems
 
+    built = plans(config_path)  # a bad setting is reported without reaching the cluster
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     finally:
         ray.shutdown()
-    problems = []
-    for name, plan in plans(config_path):
-        found = placement_problems(plan, nodes)
-        problems += [f"{name}: {p}" if name != "default" else p for p in found]
+    problems = [p for name, plan in built for p in named(name, placement_problems(plan, nodes))]
     if problems:
         raise ConfigError(problems)
 
