@@ -1,6 +1,6 @@
 """The job queue's lifecycle over a real job store (SQLite) against a fake LLM deployment:
 replicas that die or share jobs, cancellation across replicas, bounds. No Ray, no engine;
-the same paths on the real app: tests/e2e/test_runpod_api.py and test_scaling.py."""
+the same paths on the real app: tests/e2e/api/test_runpod_api.py and tests/e2e/router/."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Autoscaling with one model, the product's default shape: the LLM replicas are the HTTP
 ingress behind HAProxy. From zero replicas on the first request, out to two under load (both
 answering HTTP and running jobs), and back in when the load stops — read from Serve's own
-status, on the real engine on CPU. (Several models behind the router: test_scaling.py.)"""
+status, on the real engine on CPU. (Several models behind the router: router/test_scaling.py.)"""
 
 from __future__ import annotations
 

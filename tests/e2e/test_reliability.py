@@ -36,7 +36,7 @@ MAX_REQUEST_BYTES = 65536
 CONCURRENCY, QUEUED = 4, 4
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 GREEDY = {"temperature": 0, "ignore_eos": True}
-SOAK_S = float(os.environ.get("SOAK_S", "45"))  # SOAK_S=180 for a longer soak
+SOAK_S = float(os.environ.get("SOAK_S", "30"))  # SOAK_S=180 for a longer soak
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 

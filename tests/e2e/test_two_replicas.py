@@ -3,12 +3,12 @@
 Routing (ROUTING_POLICY=prefix, the default): a conversation's turns land on the replica that
 holds its prefix, read from the replicas' own prefix-cache counters; one hot prefix from many
 clients keeps both replicas busy; `prompt_cache_key` and `x-session-id` pin; RunPod jobs route
-the same way; a replica killed mid-run stops getting traffic and no job is lost.
+the same way.
 
 Runtime LoRA loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING): an adapter loaded once, through
-whichever replica the request reached, is listed and answered by both, and by a replica that
-starts later (one replica killed and replaced); unloaded once, it is gone from all (Ray's own
-key-value store)."""
+whichever replica the request reached, is listed and answered by both; unloaded once, it is
+gone from all (Ray's own key-value store). A replica killed mid-run loses no job, and its
+replacement gets traffic and loads the adapters loaded before it started."""
 
 from __future__ import annotations
 
@@ -258,6 +258,36 @@ def test_routing_decisions_and_each_replicas_cache_hits_are_on_rays_metrics_endp
         raise AssertionError(f"not on Ray's metrics endpoint: {found}") from error
 
 
+def complete(app, model: str) -> httpx.Response:
+    return httpx.post(app.base_url + "/v1/completions", json={"model": model, **PROMPT}, timeout=60)
+
+
+def load_adapter(app, tiny_lora: Path) -> None:
+    """Load the `runtime` adapter through whichever replica takes the request (once: vLLM
+    refuses a name already loaded) and wait until both replicas list it."""
+    if not all("runtime" in v for v in replicas(app).values()):
+        load = {"lora_name": "runtime", "lora_path": str(tiny_lora)}
+        response = httpx.post(app.base_url + "/v1/load_lora_adapter", json=load, timeout=60)
+        assert response.status_code == 200, response.text
+    wait_for(lambda: all(v == ["runtime"] for v in replicas(app).values()), timeout=30)
+
+
+# ------------------------------------------------------------------------------ runtime LoRA
+def test_an_adapter_loaded_once_is_served_by_every_replica(app, tiny_lora):
+    base = complete(app, "tiny").json()["choices"][0]["text"]
+    if "runtime" not in {a for v in replicas(app).values() for a in v}:
+        assert complete(app, "runtime").status_code == 404
+    load_adapter(app, tiny_lora)
+    for _ in range(6):  # /v1/models of whichever replica answers lists it
+        ids = [m["id"] for m in httpx.get(app.base_url + "/v1/models").json()["data"]]
+        assert "runtime" in ids
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:  # spread over both replicas
+        answers = list(pool.map(lambda _: complete(app, "runtime"), range(6)))
+    texts = {a.json()["choices"][0]["text"] for a in answers}
+    assert len(texts) == 1 and base not in texts  # the adapter's output, on each replica
+
+
+# ------------------------------------------------------------------- a replica killed mid-run
 def status(app, job_id: str) -> str | None:
     """A job's status, or None while the request fails (HAProxy may still send a request to the
     killed replica until Serve has noticed it is gone: a client retries)."""
@@ -268,7 +298,13 @@ def status(app, job_id: str) -> str | None:
     return answer.json()["status"] if answer.status_code == 200 else None
 
 
-def test_a_replica_killed_mid_run_loses_no_job_and_its_replacement_gets_traffic(app):
+def test_a_replica_killed_mid_run_loses_no_job_and_its_replacement_serves_and_has_the_adapter(
+    app, tiny_lora
+):
+    """One kill (a replica start is most of this module's time) checks both: the jobs the
+    killed replica ran finish elsewhere, and its replacement gets new conversations and loads
+    the runtime adapter loaded before it started."""
+    load_adapter(app, tiny_lora)
     before = replica_stats(app)
     victim = next(iter(before))
     ids = []
@@ -279,50 +315,22 @@ def test_a_replica_killed_mid_run_loses_no_job_and_its_replacement_gets_traffic(
         ids.append(answer.json()["id"])
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: all(status(app, job_id) == "COMPLETED" for job_id in ids), timeout=300)
-    # its replacement enters the routing: new conversations reach it
     new = wait_for(lambda: new_replicas(app, before), timeout=300, interval=1).pop()
-    used = set()
+    assert replicas(app)[new] == ["runtime"]  # loaded before it served
+    used = set()  # it enters the routing: new conversations reach it
     for system in SYSTEMS:
         snapshot = prefix_cache(app)
         used |= set(served(app, snapshot, sum(converse(app, "Again. " + system, turns=1))))
     assert new in used
 
 
-# ------------------------------------------------------------------------------ runtime LoRA
-def complete(app, model: str) -> httpx.Response:
-    return httpx.post(app.base_url + "/v1/completions", json={"model": model, **PROMPT}, timeout=60)
-
-
-def test_an_adapter_loaded_once_is_served_by_every_replica_and_by_later_ones(app, tiny_lora):
-    base = complete(app, "tiny").json()["choices"][0]["text"]
-    assert complete(app, "runtime").status_code == 404
-    load = {"lora_name": "runtime", "lora_path": str(tiny_lora)}
-    response = httpx.post(app.base_url + "/v1/load_lora_adapter", json=load, timeout=60)
-    assert response.status_code == 200, response.text
-
-    wait_for(lambda: all(v == ["runtime"] for v in replicas(app).values()), timeout=30)
-    for _ in range(6):  # /v1/models of whichever replica answers lists it
-        ids = [m["id"] for m in httpx.get(app.base_url + "/v1/models").json()["data"]]
-        assert "runtime" in ids
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:  # spread over both replicas
-        answers = list(pool.map(lambda _: complete(app, "runtime"), range(6)))
-    texts = {a.json()["choices"][0]["text"] for a in answers}
-    assert len(texts) == 1 and base not in texts  # the adapter's output, on each replica
-
-    # A replica that starts later (this one replaces a killed one) loads it before serving.
-    before = replicas(app)
-    victim = next(iter(before))
-    os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: new_replicas(app, before), timeout=300, interval=1)
-    after = {pid: adapters for pid, adapters in replicas(app).items() if pid != victim}
-    new = set(after) - set(before)
-    assert new and all(after[pid] == ["runtime"] for pid in new)
-
+def test_an_adapter_unloaded_once_is_gone_from_every_replica(app, tiny_lora):
+    load_adapter(app, tiny_lora)
     unload = httpx.post(
         app.base_url + "/v1/unload_lora_adapter", json={"lora_name": "runtime"}, timeout=60
     )
     assert unload.status_code == 200, unload.text
-    wait_for(lambda: all(v == [] for pid, v in replicas(app).items() if pid != victim), timeout=30)
+    wait_for(lambda: all(v == [] for v in replicas(app).values()), timeout=30)
     assert complete(app, "runtime").status_code == 404
 
 

@@ -1,15 +1,14 @@
-"""Several models behind one router ingress (two replicas): listing and routing by `model`,
-job state shared by the router replicas and by two job queue replicas on a real Redis (a
-runsync burst above the capacity of tiny-a's two LLM replicas), jobs scoped to their
-endpoint id, and a model scaled to zero that starts on demand — read from Serve's own
-status, on the real engine on CPU. Autoscaling by load with one model (the LLM replicas as
-the ingress): test_autoscaling.py."""
+"""Several models behind one router ingress (two replicas; the app: conftest.py): listing and
+routing by `model`, job state shared by the router replicas and by two job queue replicas on a
+real Redis (a runsync burst above the capacity of tiny-a's two LLM replicas), jobs scoped to
+their endpoint id, and a model scaled to zero that starts on demand — read from Serve's own
+status, on the real engine on CPU. Autoscaling by load with one model (the LLM replicas as the
+ingress): test_autoscaling.py."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import httpx
 import openai
@@ -22,40 +21,9 @@ from tests.conftest import wait_for
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def app(serve_cluster, tiny_model: Path, tiny_tp_model: Path, tmp_path_factory, redis_url):
-    env = {
-        "BASE_PATH": str(tmp_path_factory.mktemp("base")),
-        "DISABLE_LOG_STATS": "1",
-        "INGRESS_REPLICAS": "2",
-        "JOB_STORE_URL": redis_url,
-        "JOB_QUEUE_REPLICAS": "2",
-        "MAX_CONCURRENCY": "2",  # a burst of jobs waits in the job queues
-    }
-    args = {
-        "models": [
-            {
-                "MODEL_NAME": str(tiny_model),
-                "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny-a",
-                "MIN_REPLICAS": 2,  # jobs spread over several LLM replicas too
-                "MAX_REPLICAS": 2,
-            },
-            {
-                "MODEL_NAME": str(tiny_tp_model),
-                "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny-b",
-                "MIN_REPLICAS": 0,
-                "MAX_REPLICAS": 1,
-                "DOWNSCALE_DELAY_S": 5,
-            },
-        ]
-    }
-    with serve_cluster.deployed(env, args) as app:
-        yield app
-
-
 def test_both_models_are_listed_and_requests_must_name_one(app):
     client = app.openai()
-    assert sorted(m.id for m in client.models.list()) == ["tiny-a", "tiny-b"]
+    assert sorted(m.id for m in client.models.list()) == ["tiny-a", "tiny-b", "tiny-embed"]
     with pytest.raises(openai.BadRequestError, match="`model` is required"):
         client.completions.create(model=None, prompt="hi", max_tokens=2)  # type: ignore[arg-type]
     reply = client.completions.create(model="tiny-a", prompt="hi", max_tokens=3)

@@ -1,9 +1,9 @@
 """RunPod's job API end to end: the real app and engine on CPU, the `runpod` SDK as the client.
 
-The app (one model: its LLM replica is the HTTP ingress) runs with MAX_CONCURRENCY=2 (so jobs
-queue), MAX_QUEUED_JOBS=6, an API key, and a fixed endpoint id; its jobs are in the default
-store (SQLite under BASE_PATH), which outlives the job queue's process and a redeploy. Jobs
-shared by several ingress and job queue replicas (Redis): test_scaling.py.
+The app (conftest.py: one model, its LLM replica the HTTP ingress) runs with MAX_CONCURRENCY=2
+(so jobs queue), MAX_QUEUED_JOBS=6, an API key, and a fixed endpoint id; its jobs are in the
+default store (SQLite under BASE_PATH), which outlives the job queue's process and a redeploy.
+Jobs shared by several ingress and job queue replicas (Redis): tests/e2e/router/test_scaling.py.
 """
 
 from __future__ import annotations
@@ -19,29 +19,12 @@ import runpod
 
 from tests.conftest import wait_for
 from tests.contracts import validate
+from tests.e2e.api.conftest import API_KEY, ENDPOINT
 
 pytestmark = pytest.mark.e2e
 
-API_KEY = "test-key-123"
-ENDPOINT = "test-endpoint"
 GREEDY = {"temperature": 0, "ignore_eos": True}
 LONG = {"max_tokens": 30000, **GREEDY}  # minutes of generation: only ends by cancel/timeout
-
-
-@pytest.fixture(scope="module")
-def app(serve_cluster, tiny_model: Path, tmp_path_factory):
-    env = {
-        "MODEL_NAME": str(tiny_model),
-        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
-        "MAX_CONCURRENCY": "2",
-        "MAX_QUEUED_JOBS": "6",
-        "API_KEY": API_KEY,
-        "RUNPOD_ENDPOINT_ID": ENDPOINT,
-        "BASE_PATH": str(tmp_path_factory.mktemp("base")),
-        "DISABLE_LOG_STATS": "1",
-    }
-    with serve_cluster.deployed(env) as app:
-        yield app
 
 
 @pytest.fixture

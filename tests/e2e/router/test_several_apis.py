@@ -1,14 +1,14 @@
-"""Several models behind the router ingress, of two kinds: a chat model and an embedding model
-(vLLM's pooling runner, chosen from the architecture of a tiny random-weight model made at test
-time). Each request of every API goes to the deployment of its `model`: Responses, Anthropic
-messages, tokenize, embeddings (the openai SDK: float, base64, several inputs, dimensions), the
-pooling routes, and RunPod jobs wrapping them. Real engines on CPU, real clients."""
+"""Several models behind the router ingress, of two kinds: a chat model (tiny-a) and an
+embedding model (tiny-embed: vLLM's pooling runner, chosen from the architecture of a tiny
+random-weight model made at test time; the app: conftest.py). Each request of every API goes
+to the deployment of its `model`: Responses, Anthropic messages, tokenize, embeddings (the
+openai SDK: float, base64, several inputs, dimensions), the pooling routes, and RunPod jobs
+wrapping them. Real engines on CPU, real clients."""
 
 from __future__ import annotations
 
 import base64
 import struct
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -24,28 +24,12 @@ HIDDEN = 128  # the tiny models' hidden size: an embedding's length
 
 
 @pytest.fixture(scope="module")
-def app(serve_cluster, tiny_model: Path, tiny_embedding_model: Path, tmp_path_factory):
-    env = {"BASE_PATH": str(tmp_path_factory.mktemp("base")), "DISABLE_LOG_STATS": "1"}
-    args = {
-        "models": [
-            {"MODEL_NAME": str(tiny_model), "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny-chat"},
-            {
-                "MODEL_NAME": str(tiny_embedding_model),
-                "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny-embed",
-            },
-        ]
-    }
-    with serve_cluster.deployed(env, args) as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
 def client(app) -> openai.OpenAI:
     return app.openai()
 
 
 def test_both_kinds_are_listed(client):
-    assert sorted(m.id for m in client.models.list()) == ["tiny-chat", "tiny-embed"]
+    assert {"tiny-a", "tiny-embed"} <= {m.id for m in client.models.list()}
 
 
 def test_embeddings_with_the_openai_sdk(client, app):
@@ -68,16 +52,16 @@ def test_embeddings_with_the_openai_sdk(client, app):
 
 
 def test_responses_and_messages_go_to_the_chat_model(client, app):
-    reply = client.responses.create(model="tiny-chat", input="Hello", max_output_tokens=4)
-    assert reply.model == "tiny-chat" and reply.usage.output_tokens == 4
+    reply = client.responses.create(model="tiny-a", input="Hello", max_output_tokens=4)
+    assert reply.model == "tiny-a" and reply.usage.output_tokens == 4
     claude = anthropic.Anthropic(base_url=app.base_url, api_key="unused", max_retries=0)
-    message = claude.messages.create(model="tiny-chat", max_tokens=4, messages=MESSAGES)
+    message = claude.messages.create(model="tiny-a", max_tokens=4, messages=MESSAGES)
     assert message.usage.output_tokens <= 4
 
 
 def test_each_model_answers_only_its_kinds_apis(client):
     with pytest.raises(openai.NotFoundError, match="Unknown route"):
-        client.embeddings.create(model="tiny-chat", input="x")
+        client.embeddings.create(model="tiny-a", input="x")
     with pytest.raises(openai.NotFoundError, match="Unknown route"):
         client.responses.create(model="tiny-embed", input="x", max_output_tokens=2)
     with pytest.raises(openai.NotFoundError, match="gpt-4"):
@@ -99,7 +83,7 @@ def test_pooling_routes_of_the_embedding_model(app):
 def test_routes_that_read_a_tokenizer_must_name_the_model(app):
     response = httpx.post(app.base_url + "/tokenize", json={"prompt": "Hello"}, timeout=60)
     assert response.status_code == 400 and "`model` is required" in response.text
-    for model in ("tiny-chat", "tiny-embed"):
+    for model in ("tiny-a", "tiny-embed"):
         tokens = httpx.post(
             app.base_url + "/tokenize", json={"model": model, "prompt": "Hello"}, timeout=60
         )
@@ -117,8 +101,8 @@ def test_runpod_jobs_wrap_embeddings_and_responses_by_model(app):
     assert len(result["output"][0]["data"][0]["embedding"]) == HIDDEN
     respond = {
         "openai_route": "/v1/responses",
-        "openai_input": {"model": "tiny-chat", "input": "Hi", "max_output_tokens": 3},
+        "openai_input": {"model": "tiny-a", "input": "Hi", "max_output_tokens": 3},
     }
     result = httpx.post(url, json={"input": respond}, timeout=120).json()
     assert result["status"] == "COMPLETED", result
-    assert result["output"][0]["model"] == "tiny-chat"
+    assert result["output"][0]["model"] == "tiny-a"

@@ -2,7 +2,8 @@
 the openai SDK (Responses), the anthropic SDK (messages), LangChain (forced tool calls and
 structured output with the default configuration), curl (tokenize), the runpod job API
 (`openai_route`). The real Ray Serve app and the real vLLM engine on CPU (tiny model), with
-API_KEY set and two generation slots, so auth, limits and overload are checked on new routes.
+API_KEY set and two generation slots (conftest.py), so auth, limits and overload are checked
+on new routes.
 """
 
 from __future__ import annotations
@@ -21,32 +22,13 @@ from pydantic import BaseModel, Field
 from serve_app.http.model_api import EXCLUDED
 from tests.conftest import wait_for
 from tests.contracts import errors, validate
+from tests.e2e.api.conftest import API_KEY, ENDPOINT, MAX_REQUEST_BYTES
 
 pytestmark = pytest.mark.e2e
 
-KEY = "sk-vllm-api-test"
+KEY = API_KEY
 AUTH = {"Authorization": f"Bearer {KEY}"}
-MAX_REQUEST_BYTES = 65536
 MESSAGES = [{"role": "user", "content": "Hello world! How are you today?"}]
-
-
-@pytest.fixture(scope="module")
-def app(serve_cluster, tiny_model: Path, tmp_path_factory):
-    env = {
-        "MODEL_NAME": str(tiny_model),
-        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
-        "BASE_PATH": str(tmp_path_factory.mktemp("base")),
-        "API_KEY": KEY,
-        "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
-        "MAX_CONCURRENCY": "2",
-        "MAX_QUEUED_REQUESTS": "0",
-        "VLLM_ENABLE_RESPONSES_API_STORE": "1",
-        # TOOL_CALL_PARSER unset: the replica chooses one (forced tool calls work by default)
-        "STRUCTURED_OUTPUTS_CONFIG": '{"disable_any_whitespace": true}',
-        "GUIDED_DECODING_BACKEND": "xgrammar",
-    }
-    with serve_cluster.deployed(env) as app:
-        yield app
 
 
 @pytest.fixture(scope="module")
@@ -313,14 +295,14 @@ def test_chat_and_completion_answers_still_conform(app):
 
 def test_a_runpod_job_can_wrap_the_responses_api(app):
     job = {"openai_route": "/v1/responses", "openai_input": {"input": "Hi", "max_output_tokens": 3}}
-    response = post(app, "/v2/ep/runsync", {"input": job})
+    response = post(app, f"/v2/{ENDPOINT}/runsync", {"input": job})
     result = response.json()
     assert result["status"] == "COMPLETED", result
     (output,) = result["output"]
     assert output["object"] == "response" and output["usage"]["output_tokens"] == 3
     validate("Response", output)
     stream = {**job, "openai_input": {**job["openai_input"], "stream": True}}
-    result = post(app, "/v2/ep/runsync", {"input": stream}).json()
+    result = post(app, f"/v2/{ENDPOINT}/runsync", {"input": stream}).json()
     assert result["status"] == "COMPLETED", result
     raw = "".join(result["output"])
     assert "event: response.completed" in raw  # raw SSE text, `event:` lines kept
