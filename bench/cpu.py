@@ -9,9 +9,10 @@ are part of what the server costs while it serves.
     python bench/cpu.py                          # one start of each server: CPU by process
     python bench/cpu.py --workload realistic --prompts 1000 --placement own
 
-prints, for one run of each server, every process's share of a core and its CPU milliseconds
-per 1,000 output tokens: the detail behind make bench's roles, to pick what to profile
-(`py-spy top --pid PID`).
+prints, for one run of each server, every process's share of a core, its CPU milliseconds
+per 1,000 output tokens and the time its threads were ready to run but waited for a CPU (the
+kernel's run delay, /proc/PID/task/*/schedstat): the detail behind make bench's roles, to
+pick what to profile (`py-spy top --pid PID`) and to see which process the CPU is short for.
 """
 
 from __future__ import annotations
@@ -103,6 +104,18 @@ class ProcessTree:
                 found[process.pid] = (label(process), times.user + times.system)
         return found
 
+    def run_delays(self) -> dict[int, tuple[str, float]]:
+        """Seconds each running process's live threads waited, ready to run, for a CPU."""
+        found = {}
+        for process in self.processes():
+            waited = 0.0
+            for stat in Path(f"/proc/{process.pid}/task").glob("*/schedstat"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    waited += int(stat.read_text().split()[1]) / 1e9
+            with contextlib.suppress(psutil.Error):
+                found[process.pid] = (label(process), waited)
+        return found
+
 
 def spent(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
@@ -135,23 +148,27 @@ def measure(workload, server: str, tokenizer: str, logs: Path, prompts: int | No
     log = logs / f"cpu-{workload.name}-{server}.log"
     with start(workload, port, log) as tree, run.ResidentClient() as client:
         run.warm_up(workload, port, tokenizer, logs, client)
-        before, started = tree.cpu_seconds(), time.monotonic()
+        before, delays, started = tree.cpu_seconds(), tree.run_delays(), time.monotonic()
         result = run.client_run(
             client, workload, port, tokenizer, logs / "cpu.json", prompts, seed=1
         )
         after, wall = tree.cpu_seconds(), time.monotonic() - started
+        waited = spent(delays, tree.run_delays())
     tokens = result["total_output_tokens"]
     used = spent(before, after)
     print(f"\n{server} ({workload.placement} session): {tokens} output tokens in {wall:.1f} s, "
           f"{result['output_throughput']:.0f} tok/s")  # fmt: skip
-    print(f"{'process':<44} {'role':<12} {'% of a core':>11} {'CPU ms / 1k tok':>16}")
+    print(f"{'process':<44} {'role':<12} {'% of a core':>11} {'CPU ms / 1k tok':>16} "
+          f"{'waited ms / 1k tok':>19}")  # fmt: skip
     for name, seconds in sorted(used.items(), key=lambda item: -item[1]):
         if seconds >= 0.005 * wall:
             print(f"{name[:44]:<44} {role(name):<12} {100 * seconds / wall:>10.1f}% "
-                  f"{per_1k_tokens(seconds, tokens):>16.0f}")  # fmt: skip
+                  f"{per_1k_tokens(seconds, tokens):>16.0f} "
+                  f"{per_1k_tokens(waited.get(name, 0.0), tokens):>19.0f}")  # fmt: skip
     total = sum(used.values())
     print(f"{'all processes':<57} {100 * total / wall:>10.1f}% "
-          f"{per_1k_tokens(total, tokens):>16.0f}")  # fmt: skip
+          f"{per_1k_tokens(total, tokens):>16.0f} "
+          f"{per_1k_tokens(sum(waited.values()), tokens):>19.0f}")  # fmt: skip
 
 
 def main() -> None:

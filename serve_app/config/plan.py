@@ -94,7 +94,7 @@ class HostTuning(BaseModel):
 
     replica_niceness: int = 0  # the LLM replica's process, as vLLM runs its API server
     engine_niceness: int | None = None  # the engine core's processes; None: left as started
-    pin_serving_to_reserved_cpus: bool = False  # off the CPUs of vLLM's CPU workers
+    pin_serving_to_reserved_cpus: bool = False  # off the CPUs of vLLM's CPU workers (opt-in)
     coalesce_http_writes: bool = False  # an ingress replica's writes of one tick together
 
 
@@ -108,7 +108,7 @@ def host_tuning(values: EnvValues, platform: Platform) -> HostTuning:
     return HostTuning(
         replica_niceness=values["LLM_REPLICA_NICENESS"],
         engine_niceness=either("LLM_ENGINE_NICENESS", 15, None),
-        pin_serving_to_reserved_cpus=either("PIN_SERVING_TO_RESERVED_CPUS", True, False),
+        pin_serving_to_reserved_cpus=values["PIN_SERVING_TO_RESERVED_CPUS"],
         coalesce_http_writes=either("COALESCE_HTTP_WRITES", True, False),
     )
 

@@ -3,7 +3,7 @@
 `tune` is called once by each replica: by an LLM replica once its engine runs, by the router
 ingress as it starts. It sets the scheduling priority of the replica and of its engine's
 processes (priority.py), keeps the replica and its engine core off the CPUs vLLM's CPU backend
-binds its workers to (worker_cpus.py), and coalesces an ingress replica's HTTP writes
+binds its workers to if asked (worker_cpus.py), and coalesces an ingress replica's HTTP writes
 (write_coalescing.py). The plan turns these on where they were measured to help, vLLM's CPU
 backend (config.plan.HostTuning), and leaves them off elsewhere unless a setting asks.
 

@@ -10,7 +10,9 @@ CPUs too, where every wake-up of theirs interrupts a model step.
 
 With the replica and its engine core kept on the reserved CPUs (every thread; threads started
 later inherit it), the workers have theirs to themselves and run at the replica's priority, as
-vLLM's server runs them (docs/benchmarks, decision 25).
+vLLM's server runs them (docs/benchmarks, decision 25). Off unless asked: where anything outside
+the server's session (Linux's autogroup) needs the reserved CPUs, the engine core, held there,
+waits for them and the workers spin waiting for it (decision 33).
 
 Nothing changes where the workers are not bound to a part of the CPUs this process may use:
 on GPUs, with VLLM_CPU_OMP_THREADS_BIND=nobind, or where they are bound to all of them.

@@ -475,7 +475,8 @@ def test_several_models_become_several_deployments_routed_by_name():
 def test_host_tuning_is_on_with_vllms_cpu_backend_and_off_on_gpus_unless_set():
     cpu = plan_of({}).models[0].serve.host
     assert (cpu.replica_niceness, cpu.engine_niceness) == (0, 15)
-    assert cpu.pin_serving_to_reserved_cpus and cpu.coalesce_http_writes
+    assert cpu.coalesce_http_writes
+    assert not cpu.pin_serving_to_reserved_cpus  # opt-in everywhere
     assert plan_of({}).ingress.host == cpu  # the router ingress: its HTTP writes
     gpu = plan_of({}, platform="gpu").models[0].serve.host
     assert (gpu.replica_niceness, gpu.engine_niceness) == (0, None)  # left as started
@@ -483,13 +484,13 @@ def test_host_tuning_is_on_with_vllms_cpu_backend_and_off_on_gpus_unless_set():
     asked = {
         "LLM_REPLICA_NICENESS": "15",
         "LLM_ENGINE_NICENESS": "0",
-        "PIN_SERVING_TO_RESERVED_CPUS": "false",
+        "PIN_SERVING_TO_RESERVED_CPUS": "true",
         "COALESCE_HTTP_WRITES": "1",
     }
     for platform in ("cpu", "gpu"):
         host = plan_of(asked, platform=platform).models[0].serve.host
         assert (host.replica_niceness, host.engine_niceness) == (15, 0)
-        assert not host.pin_serving_to_reserved_cpus and host.coalesce_http_writes
+        assert host.pin_serving_to_reserved_cpus and host.coalesce_http_writes
     assert problems_of({"LLM_REPLICA_NICENESS": "-21", "LLM_ENGINE_NICENESS": "-30"}) == [
         "LLM_REPLICA_NICENESS='-21': must be at least -20",
         "LLM_ENGINE_NICENESS='-30': must be at least -20",
