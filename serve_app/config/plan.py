@@ -93,7 +93,7 @@ class HostTuning(BaseModel):
     on where it was measured to help (vLLM's CPU backend), off elsewhere unless set."""
 
     replica_niceness: int = 0  # the LLM replica's process, as vLLM runs its API server
-    engine_niceness: int | None = None  # the engine core's processes; None: left as started
+    engine_niceness: int | None = None  # engine core, workers unless pinned; None: as started
     pin_serving_to_reserved_cpus: bool = False  # off the CPUs of vLLM's CPU workers (opt-in)
     coalesce_http_writes: bool = False  # an ingress replica's writes of one tick together
 

@@ -26,14 +26,13 @@ from tests.e2e.api.conftest import API_KEY, ENDPOINT, MAX_REQUEST_BYTES
 
 pytestmark = pytest.mark.e2e
 
-KEY = API_KEY
-AUTH = {"Authorization": f"Bearer {KEY}"}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MESSAGES = [{"role": "user", "content": "Hello world! How are you today?"}]
 
 
 @pytest.fixture(scope="module")
 def client(app) -> openai.OpenAI:
-    return app.openai(api_key=KEY)
+    return app.openai(api_key=API_KEY)
 
 
 def post(app, path: str, body: object = None, **kwargs) -> httpx.Response:
@@ -131,7 +130,7 @@ def test_responses_retrieve_and_cancel(client):
 # ---------------------------------------------------------------- Anthropic (anthropic SDK)
 @pytest.fixture(scope="module")
 def claude(app) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=app.base_url, api_key=KEY, max_retries=0, timeout=120)
+    return anthropic.Anthropic(base_url=app.base_url, api_key=API_KEY, max_retries=0, timeout=120)
 
 
 def test_anthropic_messages_create_and_count_tokens(claude):
@@ -187,7 +186,7 @@ def chat_model(app, tiny_model):
     blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
     return ChatOpenAI(
         base_url=app.base_url + "/v1",
-        api_key=KEY,
+        api_key=API_KEY,
         model="tiny",
         temperature=0,
         max_tokens=64,
@@ -218,7 +217,7 @@ def test_langchain_structured_output(chat_model):
 # ---------------------------------------------------------------- tokenize (curl)
 def curl(app, path: str, body: dict) -> dict:
     result = subprocess.run(
-        ["curl", "-sS", "--max-time", "60", "-H", f"Authorization: Bearer {KEY}",
+        ["curl", "-sS", "--max-time", "60", "-H", f"Authorization: Bearer {API_KEY}",
          "-H", "Content-Type: application/json", "-d", json.dumps(body), app.base_url + path],
         capture_output=True, text=True, timeout=90, check=True,
     )  # fmt: skip
