@@ -16,6 +16,9 @@ END = "<!-- results:end -->"
 # A gap between two tokens of all streams, longer than this many of the run's median ITL, is
 # a pause (bench/run.py's pauses).
 PAUSE_ITLS = 4
+# Two chunks of one stream that reach the client less than this apart came in one read (bench/
+# run.py's deliveries); otherwise they are at least an engine step, a few ms, apart.
+DELIVERY_MS = 1
 ROWS = [
     ("output_throughput", "output tok/s", "{:.0f}", "ratio"),
     ("median_ttft_ms", "median TTFT (ms)", "{:.0f}", "delta"),
@@ -29,6 +32,13 @@ ROWS = [
         f"time all streams paused, over {PAUSE_ITLS} median ITLs (ms per run)",
         "{:.0f}",
         "delta",
+    ),
+    ("tokens_per_chunk", "output tokens per streamed chunk", "{:.2f}", "ratio"),
+    (
+        "chunks_per_delivery",
+        f"chunks per read of the client (a stream's chunks under {DELIVERY_MS} ms apart)",
+        "{:.2f}",
+        "ratio",
     ),
     (
         "cpu_ms_per_1k_tok",

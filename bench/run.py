@@ -54,7 +54,8 @@ from serve_app.engine import vllm_engine  # noqa: E402
 CACHE = ROOT / ".cache" / "bench"
 START_TIMEOUT_S = 900
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
-           "median_itl_ms", "p99_itl_ms", "longest_pause_ms", "paused_ms")  # fmt: skip
+           "median_itl_ms", "p99_itl_ms", "longest_pause_ms", "paused_ms",
+           "tokens_per_chunk", "chunks_per_delivery")  # fmt: skip
 # Beside the client's figures, each run of make bench records the CPU the server's processes
 # spent per 1,000 output tokens (bench/cpu.py), in all and by role.
 CPU = "cpu_ms_per_1k_tok"
@@ -318,7 +319,7 @@ CLIENT_CODE = (
 
 def read_result(result: Path) -> dict[str, Any]:
     figures = json.loads(result.read_text())
-    return {**figures, **pauses(figures)}
+    return {**figures, **pauses(figures), **deliveries(figures)}
 
 
 DONE = "[bench] client run done"
@@ -429,6 +430,31 @@ def pauses(figures: dict[str, Any]) -> dict[str, float]:
     return {
         "longest_pause_ms": 1000 * max(gaps, default=0.0),
         "paused_ms": 1000 * sum(gap for gap in gaps if gap > threshold_s),
+    }
+
+
+def deliveries(figures: dict[str, Any]) -> dict[str, float]:
+    """How the run's streams reached the client, from its per-chunk timestamps:
+
+    - `tokens_per_chunk`: output tokens per streamed chunk (an SSE event carrying a choice; the
+      last one, with the finish reason, counts too): about 1 where each chunk carries one token,
+      more where the server merges a stream's tokens into one chunk;
+    - `chunks_per_delivery`: a stream's chunks per read of the client (chunks arriving less
+      than report.DELIVERY_MS apart): 1 for a stream that arrives token by token, more where
+      chunks are held back and then sent in bunches (a median ITL of 0).
+    """
+    streams = [
+        (tokens, itls)
+        for tokens, ttft, itls in zip(
+            figures["output_lens"], figures["ttfts"], figures["itls"], strict=True
+        )
+        if ttft
+    ]
+    chunks = sum(len(itls) + 1 for _, itls in streams)
+    reads = sum(1 + sum(gap >= report.DELIVERY_MS / 1000 for gap in itls) for _, itls in streams)
+    return {
+        "tokens_per_chunk": sum(tokens for tokens, _ in streams) / chunks if chunks else 0.0,
+        "chunks_per_delivery": chunks / reads if reads else 0.0,
     }
 
 

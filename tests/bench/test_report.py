@@ -65,6 +65,22 @@ def test_pauses_are_the_gaps_in_which_no_stream_got_a_token():
     assert run.pauses(_figures(0.0))["paused_ms"] == pytest.approx(300.0)
 
 
+def test_deliveries_count_tokens_per_chunk_and_chunks_per_read_of_each_stream():
+    figures = {
+        "output_lens": [6, 4, 0],
+        "ttfts": [0.010, 0.020, 0.0],  # the third request failed: not counted
+        # Stream 1: 5 chunks in 3 reads (two pairs under 1 ms apart); stream 2: 4 in 4 reads.
+        "itls": [[0.0002, 0.004, 0.0001, 0.005], [0.004, 0.004, 0.004], []],
+    }
+    found = run.deliveries(figures)
+    assert found["tokens_per_chunk"] == pytest.approx(10 / 9)
+    assert found["chunks_per_delivery"] == pytest.approx(9 / 7)
+    assert run.deliveries({"output_lens": [], "ttfts": [], "itls": []}) == {
+        "tokens_per_chunk": 0.0,
+        "chunks_per_delivery": 0.0,
+    }
+
+
 def test_without_matplotlib_the_benchmark_stops_before_its_runs_saying_what_to_do(monkeypatch):
     real = importlib.util.find_spec
 
