@@ -106,70 +106,113 @@ def _each_run(runs: dict[str, list[dict[str, float]]]) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = []
+    """One table per workload, its placements side by side (their columns suffixed with the
+    placement where there are several), then each placement's runs, CPU by role and jobs."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for result in results:
-        w, runs = result["workload"], result["runs"]["vllm"]
-        starts = len(_by_start(runs))
-        placement = PLACEMENTS[w.get("placement", "same")]
-        lines += [
-            f"**{w['name']}**, {placement}: `{w['served_name']}`, {w['input_len']} in / "
-            f"{w['output_len']} out "
-            f"tokens, {w['prompts']} prompts, {w['concurrency']} concurrent (medians of "
-            f"{len(runs)} runs of each server: {starts} alternated starts, "
-            f"{len(runs) // starts} {'run' if len(runs) == starts else 'runs'} each)",
-            "",
-        ]
-        medians = result["medians"]
-        servers = _servers(medians)
-        others = servers[1:]  # compared with vLLM's server
-        header = [NAMES[n] for n in servers] + [f"{NAMES[n]} / vLLM" for n in others]
-        lines += ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
-        theirs = medians["vllm"]
-        for key, label, fmt, kind in ROWS:
-            if key not in theirs:  # a run from before the figure was measured
-                continue
-            cells = [fmt.format(medians[n][key]) for n in servers]
-            cells += [_compare(medians[n][key], theirs[key], kind) for n in others]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines += ["", _each_run(result["runs"])]
-        if "cpu_roles" in theirs:
-            lines += ["", *cpu_table(medians, servers)]
-        for job in result["jobs"]:
-            sync = job["runsync"]
-            lines += [
-                "",
-                f"RunPod job path of this app ({job['jobs']} jobs, {job['concurrency']} "
-                "concurrent; `/stream` polled every second as the `runpod` SDK does, and every "
-                "50 ms):",
-                "",
-                "| path | jobs/s | output tok/s | median latency (ms) | p99 latency (ms) |",
-                "|---|---|---|---|---|",
-                f"| `/runsync` | {sync['jobs_per_s']:.1f} | {sync['output_tokens_per_s']:.0f} | "
-                f"{sync['median_latency_ms']:.0f} | {sync['p99_latency_ms']:.0f} |",
-            ]
-            for stream in job["stream"]:
-                lines.append(
-                    f"| `/run` + `/stream` every {_interval(stream['poll_s'])} (first output "
-                    f"after {stream['median_first_output_ms']:.0f} ms) | "
-                    f"{stream['jobs_per_s']:.1f} | {stream['output_tokens_per_s']:.0f} | "
-                    f"{stream['median_latency_ms']:.0f} | {stream['p99_latency_ms']:.0f} |"
-                )
-        lines.append("")
+        groups.setdefault(result["workload"]["name"], []).append(result)
+    lines = []
+    for group in groups.values():
+        lines += _workload(group)
     return "\n".join(lines)
 
 
-def cpu_table(medians: dict[str, Any], servers: list[str]) -> list[str]:
+def _placement(result: dict[str, Any]) -> str:
+    return result["workload"].get("placement", "same")
+
+
+def _workload(group: list[dict[str, Any]]) -> list[str]:
+    several = len(group) > 1
+    w, runs = group[0]["workload"], group[0]["runs"]["vllm"]
+    starts = len(_by_start(runs))
+    where = "" if several else f", {PLACEMENTS[_placement(group[0])]}"
+    each = " in each placement" if several else ""
+    lines = [
+        f"**{w['name']}**{where}: `{w['served_name']}`, {w['input_len']} in / "
+        f"{w['output_len']} out tokens, {w['prompts']} prompts, {w['concurrency']} concurrent "
+        f"(medians of {len(runs)} runs of each server{each}: {starts} alternated starts, "
+        f"{len(runs) // starts} {'run' if len(runs) == starts else 'runs'} each)",
+        "",
+    ]
+    if several:
+        lines += [
+            "Placements: "
+            + "; ".join(f"`{_placement(r)}`, {PLACEMENTS[_placement(r)]}" for r in group)
+            + ".",
+            "",
+        ]
+    header = []
+    for result in group:
+        suffix = f" ({_placement(result)})" if several else ""
+        servers = _servers(result["medians"])
+        header += [NAMES[n] + suffix for n in servers]
+        header += [f"{NAMES[n]} / vLLM{suffix}" for n in servers[1:]]
+    lines += ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for key, label, fmt, kind in ROWS:
+        if any(key not in r["medians"]["vllm"] for r in group):  # a run from before the figure
+            continue
+        cells = []
+        for result in group:
+            medians = result["medians"]
+            servers = _servers(medians)
+            cells += [fmt.format(medians[n][key]) for n in servers]
+            cells += [_compare(medians[n][key], medians["vllm"][key], kind) for n in servers[1:]]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for result in group:
+        prefix = f"`{_placement(result)}`: " if several else ""
+        lines += ["", prefix + _each_run(result["runs"])]
+    if all("cpu_roles" in r["medians"]["vllm"] for r in group):
+        lines += ["", *cpu_table(group)]
+    for result in group:
+        for job in result["jobs"]:
+            lines += ["", *_job_table(job)]
+    lines.append("")
+    return lines
+
+
+def _job_table(job: dict[str, Any]) -> list[str]:
+    sync = job["runsync"]
+    lines = [
+        f"RunPod job path of this app ({job['jobs']} jobs, {job['concurrency']} concurrent, in "
+        "the client's session; `/stream` polled every second as the `runpod` SDK does, and "
+        "every 50 ms):",
+        "",
+        "| path | jobs/s | output tok/s | median latency (ms) | p99 latency (ms) |",
+        "|---|---|---|---|---|",
+        f"| `/runsync` | {sync['jobs_per_s']:.1f} | {sync['output_tokens_per_s']:.0f} | "
+        f"{sync['median_latency_ms']:.0f} | {sync['p99_latency_ms']:.0f} |",
+    ]
+    for stream in job["stream"]:
+        lines.append(
+            f"| `/run` + `/stream` every {_interval(stream['poll_s'])} (first output "
+            f"after {stream['median_first_output_ms']:.0f} ms) | "
+            f"{stream['jobs_per_s']:.1f} | {stream['output_tokens_per_s']:.0f} | "
+            f"{stream['median_latency_ms']:.0f} | {stream['p99_latency_ms']:.0f} |"
+        )
+    return lines
+
+
+def cpu_table(group: list[dict[str, Any]]) -> list[str]:
     """CPU milliseconds per 1,000 output tokens by process role (bench/cpu.py's ROLES), one
-    column per server: where each spends it."""
-    roles = [r for r in ROLES if any(r in medians[n]["cpu_roles"] for n in servers)]
+    column per server (and placement, where there are several): where each spends it."""
+
+    def name(server: str, result: dict[str, Any]) -> str:
+        return f"{NAMES[server]} ({_placement(result)})" if len(group) > 1 else NAMES[server]
+
+    columns = [
+        (result["medians"][n]["cpu_roles"], name(n, result))
+        for result in group
+        for n in _servers(result["medians"])
+    ]
+    roles = [r for r in ROLES if any(r in spent for spent, _ in columns)]
     lines = [
         "CPU per 1,000 output tokens by process role (ms, medians of the runs):",
         "",
-        "| role | " + " | ".join(NAMES[n] for n in servers) + " |",
-        "|---" * (len(servers) + 1) + "|",
+        "| role | " + " | ".join(name for _, name in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
     for role in roles:
-        cells = [f"{medians[n]['cpu_roles'].get(role, 0.0):.0f}" for n in servers]
+        cells = [f"{spent.get(role, 0.0):.0f}" for spent, _ in columns]
         lines.append(f"| {role} | " + " | ".join(cells) + " |")
     return lines
 
@@ -208,7 +251,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             colors = [COLORS[name] for name in servers]
             ax.bar([textwrap.fill(NAMES[name], 10) for name in servers], values, color=colors)
             ax.tick_params(axis="x", labelsize=8)
-            ax.set_title(f"{result['workload']['name']}: {label}", fontsize=9)
+            title = f"{result['workload']['name']} ({_placement(result)}): {label}"
+            ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

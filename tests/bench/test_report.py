@@ -36,6 +36,21 @@ def test_two_servers_are_compared_with_vllms():
     assert "Ray Serve LLM" not in text
 
 
+def test_the_placements_of_a_workload_share_one_table_side_by_side():
+    same = _result({"vllm": [(4000, 80)], "ours": [(3000, 100)]})
+    own = _result({"vllm": [(2000, 90)], "ours": [(2400, 150)]})
+    own["workload"] = {**own["workload"], "placement": "own"}
+    text = report.table([same, own])
+    assert text.count("**overhead**") == 1
+    assert (
+        "| metric | vLLM's server (same) | this app (same) | this app / vLLM (same) "
+        "| vLLM's server (own) | this app (own) | this app / vLLM (own) |" in text
+    )
+    assert "| output tok/s | 4000 | 3000 | 0.75x | 2000 | 2400 | 1.20x |" in text
+    assert "| median TTFT (ms) | 80 | 100 | +20 ms | 90 | 150 | +60 ms |" in text
+    assert "`own`: Each run, output tok/s: vLLM's 2000, this app 2400;" in text
+
+
 def test_time_paused_is_compared_as_a_difference():
     text = report.table([_result({"vllm": [(4000, 80)], "ours": [(3000, 100)]})])
     assert (
