@@ -436,9 +436,9 @@ def pauses(figures: dict[str, Any]) -> dict[str, float]:
 def deliveries(figures: dict[str, Any]) -> dict[str, float]:
     """How the run's streams reached the client, from its per-chunk timestamps:
 
-    - `tokens_per_chunk`: output tokens per streamed chunk (an SSE event carrying a choice; the
-      last one, with the finish reason, counts too): about 1 where each chunk carries one token,
-      more where the server merges a stream's tokens into one chunk;
+    - `tokens_per_chunk`: output tokens per streamed chunk (an SSE event carrying a choice; a
+      chat stream's first, with the role only, counts too): about 1 where each chunk carries one
+      token, more where the server merges a stream's tokens into one chunk;
     - `chunks_per_delivery`: a stream's chunks per read of the client (chunks arriving less
       than report.DELIVERY_MS apart): 1 for a stream that arrives token by token, more where
       chunks are held back and then sent in bunches (a median ITL of 0).
