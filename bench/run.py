@@ -277,6 +277,14 @@ def our_server(workload: Workload, port: int, log: Path):
     return running(command, app_env(workload), url, log, workload.placement)
 
 
+def our_server_past_haproxy(workload: Workload, port: int, log: Path):
+    """This app with the client on its replica's own HTTP port (Serve's direct ingress), past
+    HAProxy, which listens elsewhere: what HAProxy's hop costs. One replica only."""
+    env = {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+           "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1)}  # fmt: skip
+    return our_server(dataclasses.replace(workload, env={**workload.env, **env}), free_port(), log)
+
+
 def client_args(
     workload: Workload,
     port: int,

@@ -3,6 +3,7 @@ environment variables, alternated on one workload; each run's figures, then medi
 
     python bench/variants.py realistic --rounds 3 --variant nice0 RAY_worker_niceness=0
     python bench/variants.py overhead --placement own --variant engine0 LLM_ENGINE_NICENESS=0
+    python bench/variants.py overhead --placement own --past-haproxy
 
 Each variant is this application started as bench/run.py starts it, with the given variables
 added to its environment (read by Ray where `serve run` starts it, and by the application).
@@ -32,6 +33,10 @@ def main() -> None:
     )
     parser.add_argument("--placement", choices=run.PLACEMENTS, default="same")
     run.add_variant_option(parser)
+    parser.add_argument(
+        "--past-haproxy", action="store_true",
+        help="one more column, `direct`: the client on the app's replica's own port, past HAProxy",
+    )  # fmt: skip
     ns = parser.parse_args()
     variants = run.variants_of(ns)
     out = run.CACHE / "variants"
@@ -42,6 +47,8 @@ def main() -> None:
     servers = {"vllm": (run.vllm_server, {}), "ours": (run.our_server, {})} | {
         name: (run.our_server, env) for name, env in variants.items()
     }
+    if ns.past_haproxy:
+        servers["direct"] = (run.our_server_past_haproxy, {})
     runs = run.alternate(base, servers, ns.rounds, out)
     (out / f"{ns.workload}-{ns.placement}-runs.json").write_text(json.dumps(runs, indent=1))
     medians = run.medians(runs)

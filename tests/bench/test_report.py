@@ -96,6 +96,16 @@ def test_deliveries_count_tokens_per_chunk_and_chunks_per_read_of_each_stream():
     }
 
 
+def test_past_haproxy_the_replica_listens_on_the_clients_port_and_haproxy_elsewhere(monkeypatch):
+    started = {}
+    monkeypatch.setattr(run, "our_server", lambda w, port, log: started.update(w=w, port=port))
+    workload = run.Workload("overhead", "/models/tiny", "tiny", 64, 64, 200, 32)
+    run.our_server_past_haproxy(workload, 30123, None)
+    assert started["w"].env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "30123"
+    assert started["w"].env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "30124"
+    assert started["port"] != 30123  # HAProxy's
+
+
 def test_without_matplotlib_the_benchmark_stops_before_its_runs_saying_what_to_do(monkeypatch):
     real = importlib.util.find_spec
 
