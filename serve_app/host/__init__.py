@@ -2,8 +2,8 @@
 
 `tune` is called once by each replica: by an LLM replica once its engine runs, by the router
 ingress as it starts. It sets the scheduling priority of the replica and of its engine's
-processes (priority.py), keeps the replica and its engine core off the CPUs vLLM's CPU backend
-binds its workers to if asked (worker_cpus.py), and coalesces an ingress replica's HTTP writes
+processes (priority.py), puts the engine core on its workers' CPUs on vLLM's CPU backend and
+the replica off them if asked (worker_cpus.py), and coalesces an ingress replica's HTTP writes
 (write_coalescing.py). The plan turns these on where they were measured to help, vLLM's CPU
 backend (config.plan.HostTuning), and leaves them off elsewhere unless a setting asks.
 
@@ -36,25 +36,25 @@ def tune(tuning: HostTuning, *, engine: bool, http: bool, exclude: frozenset[int
 
 
 def _place_engine(tuning: HostTuning, engine: list[int]) -> list[tuple[bool, str]]:
-    split = worker_cpus.plan(engine) if tuning.pin_serving_to_reserved_cpus else None
-    workers = split.workers if split else []
-    core = [pid for pid in engine if pid not in workers]
     results = [priority.set_replica_niceness(tuning.replica_niceness)]
     if tuning.engine_niceness is not None:
-        results.append(priority.set_engine_niceness(tuning.engine_niceness, core))
-    if split:
-        results.append(
-            priority.set_niceness(
-                tuning.replica_niceness, workers, "LLM_REPLICA_NICENESS", "vLLM's workers"
-            )
+        results.append(priority.set_engine_niceness(tuning.engine_niceness, engine))
+    wanted = tuning.engine_core_on_worker_cpus or tuning.pin_serving_to_reserved_cpus
+    split = worker_cpus.plan(engine) if wanted else None
+    if not split:
+        return results
+    core = [pid for pid in engine if pid not in split.workers]
+    if tuning.engine_core_on_worker_cpus:
+        worker_cpus.pin(core, split.worker_cpus)
+        results.append((True, f"vLLM's engine core ({', '.join(map(str, core))}) on CPUs "
+                        f"{worker_cpus.describe(split.worker_cpus)} with its workers' main "
+                        "threads (ENGINE_CORE_ON_WORKER_CPUS)"))  # fmt: skip
+    if tuning.pin_serving_to_reserved_cpus:
+        held = [os.getpid()] + ([] if tuning.engine_core_on_worker_cpus else core)
+        worker_cpus.pin(held, split.serving)
+        what = "this LLM replica" + (
+            "" if tuning.engine_core_on_worker_cpus else " and its engine core"
         )
-        worker_cpus.pin([os.getpid(), *core], split.serving)
-        results.append(
-            (
-                True,
-                f"this LLM replica and its engine core on CPUs "
-                f"{worker_cpus.describe(split.serving)}, off vLLM's workers' "
-                "(PIN_SERVING_TO_RESERVED_CPUS)",
-            )
-        )
+        results.append((True, f"{what} on CPUs {worker_cpus.describe(split.serving)}, off "
+                        "vLLM's workers' (PIN_SERVING_TO_RESERVED_CPUS)"))  # fmt: skip
     return results

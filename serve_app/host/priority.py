@@ -6,8 +6,8 @@ tokenization, detokenization, streaming), which vLLM runs at nice 0; Ray starts 
 15 unless told otherwise (RAY_worker_niceness, which this project's launchers set to 0). Where
 Ray started them at 15, the replica lowers its own value, which needs CAP_SYS_NICE (root outside
 a container; `docker run --cap-add SYS_NICE`); without it the replica keeps its priority and
-says how to allow it. On vLLM's CPU backend the engine core runs at LLM_ENGINE_NICENESS (15), so
-that it leaves the CPU to request preparation first; raising a nice value needs no privilege.
+says how to allow it. The engine's processes keep the value they started with unless
+LLM_ENGINE_NICENESS is set (raising a nice value needs no privilege).
 
 Linux keeps a nice value per thread (new threads inherit their creator's), so every thread of
 a process is set.

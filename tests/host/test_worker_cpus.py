@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from serve_app.host import priority, worker_cpus
+from serve_app.config.plan import HostTuning
+from serve_app.host import _place_engine, priority, worker_cpus
 
 
 @pytest.mark.parametrize(
@@ -58,7 +59,7 @@ def test_plan_finds_the_workers_and_leaves_the_rest_to_serving(worker):
         allowed = os.sched_getaffinity(0)
         split = worker_cpus.plan([worker.pid, other.pid])
         if allowed - {0}:
-            assert split == worker_cpus.CpuSplit([worker.pid], allowed - {0})
+            assert split == worker_cpus.CpuSplit([worker.pid], allowed - {0}, {0})
         else:  # a 1-CPU machine: nothing left to reserve
             assert split is None
         assert worker_cpus.plan([other.pid]) is None  # no worker among them
@@ -84,3 +85,28 @@ def test_pin_moves_every_thread_of_a_process():
     finally:
         child.stdin.close()
         child.wait(timeout=30)
+
+
+def test_the_engine_core_goes_to_its_workers_cpus_and_nothing_else_moves(worker):
+    """ENGINE_CORE_ON_WORKER_CPUS, its default on vLLM's CPU backend: every thread of the engine
+    core (here a process with two threads) on the CPU of the worker's main thread; this process
+    (the replica) keeps its CPUs, as PIN_SERVING_TO_RESERVED_CPUS is off."""
+    allowed = os.sched_getaffinity(0)
+    core = subprocess.Popen([sys.executable, "-c", TWO_THREADS], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while len(priority.thread_ids(core.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until its second thread runs
+        results = _place_engine(HostTuning(engine_core_on_worker_cpus=True), [worker.pid, core.pid])
+        cpus = {tid: os.sched_getaffinity(tid) for tid in priority.thread_ids(core.pid)}
+        if allowed - {0}:
+            assert len(cpus) == 2 and set(map(frozenset, cpus.values())) == {frozenset({0})}
+            assert f"engine core ({core.pid}) on CPUs 0" in results[-1][1]
+        else:  # a 1-CPU machine: nothing to split
+            assert set(map(frozenset, cpus.values())) == {frozenset(allowed)}
+        assert os.sched_getaffinity(0) == allowed
+        assert os.sched_getaffinity(worker.pid) == {0}
+        assert _place_engine(HostTuning(), [worker.pid, core.pid])[1:] == []  # nothing asked
+    finally:
+        core.stdin.close()
+        core.wait(timeout=30)
