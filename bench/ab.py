@@ -1,28 +1,31 @@
 """A/B of settings that can change while a server runs: alternated run by run in one start.
 
-    python bench/ab.py --set engine=19                       # this app's engine core: nice 15 vs 19
+    python bench/ab.py --set engine=15                       # this app's engine core: nice 0 vs 15
     python bench/ab.py --server vllm --set server=15 engine=15 worker=15
     python bench/ab.py --set engine=15:batch worker=15:batch # the same nice, under SCHED_BATCH
-    python bench/ab.py --pin server=1 engine=1 haproxy=1     # on CPU 1 (vLLM's worker is on 0)
+    python bench/ab.py --pin server=1 haproxy=1              # on CPU 1 (vLLM's worker is on 0)
     python bench/ab.py --direct                              # through HAProxy vs to the replica
+    python bench/ab.py --placement own --pin engine=0,1      # engine core where vLLM leaves it
+    python bench/ab.py --server vllm --pin engine=0          # vLLM's, on its worker's CPU
 
 A is the server as it started; B is the same server with the processes of the given roles
 (`server`: vLLM's API server or this app's LLM replica; `engine`: vLLM's engine core;
-`worker`: vLLM's worker; `haproxy`; `background`: Ray's processes that BACKGROUND_NICENESS
-raises) reniced (`--set ROLE=NICE`, `ROLE=NICE:batch` for Linux's SCHED_BATCH policy, under
-which a waking thread does not preempt the running one) and/or pinned to CPUs (`--pin
-ROLE=CPU,...`), and/or, with `--direct`, the client sent straight to the replica's own HTTP
-port instead of Serve's HAProxy. Runs go A B, B A, ... (`--pairs` pairs) with one resident benchmark
-client (vLLM's, imported once: a run then takes seconds, not the ~10 s of a fresh client), so
-neither start-to-start variance nor a drifting machine favours a side. Prints each run, the
-medians and in how many pairs B did better. Only processes of this session are touched (the
-benchmark starts its servers in it); nothing is written under docs/.
+`worker`: vLLM's worker; `haproxy`) reniced (`--set ROLE=NICE`, `ROLE=NICE:batch` for
+Linux's SCHED_BATCH policy, under which a waking thread does not preempt the running one)
+and/or pinned to CPUs (`--pin ROLE=CPU,...`), and/or, with `--direct`, the client sent
+straight to the replica's own HTTP port instead of Serve's HAProxy. Runs go A B, B A, ...
+(`--pairs` pairs) with one resident benchmark client (vLLM's, imported once: a run then takes
+seconds, not the ~10 s of a fresh client), so neither start-to-start variance nor a drifting
+machine favours a side. Prints each run, the medians and in how many pairs B did better. The
+server runs in the client's session or in one of its own (`--placement`, as in bench/run.py);
+only its processes are touched; nothing is written under docs/.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -35,10 +38,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import report, run  # noqa: E402
+from bench import cpu, report, run  # noqa: E402
 from serve_app.host import priority  # noqa: E402
 
-ROLES = ("server", "engine", "worker", "haproxy", "background")
+ROLES = ("server", "engine", "worker", "haproxy")
 
 
 def role_of(process: psutil.Process) -> str | None:
@@ -58,24 +61,13 @@ def role_of(process: psutil.Process) -> str | None:
     return None
 
 
-def processes_by_role() -> dict[str, list[psutil.Process]]:
-    """The serving processes of this session, by role."""
+def processes_by_role(tree: cpu.ProcessTree) -> dict[str, list[psutil.Process]]:
+    """The server's processes, by role."""
     found: dict[str, list[psutil.Process]] = {role: [] for role in ROLES}
-    session = os.getsid(0)
-    raylets = []
-    for process in psutil.process_iter():
-        try:
-            if os.getsid(process.pid) != session:
-                continue
-            if process.name() == "raylet":
-                raylets.append(process.pid)
+    for process in tree.processes():
+        with contextlib.suppress(psutil.Error):
             if role := role_of(process):
                 found[role].append(process)
-        except (psutil.Error, ProcessLookupError):
-            continue
-    table = priority.process_table()
-    for raylet in raylets:  # the set this app's replicas raise (BACKGROUND_NICENESS)
-        found["background"] += [psutil.Process(p) for p in priority.background_pids(table, raylet)]
     return found
 
 
@@ -142,19 +134,19 @@ def set_scheduling(thread: int, scheduling: Scheduling) -> None:
         os.sched_setaffinity(thread, scheduling.cpus)
 
 
-def threads_of(role: str) -> list[int]:
+def threads_of(tree: cpu.ProcessTree, role: str) -> list[int]:
     """The threads of the role's processes (threads carry their own priority, policy and
     affinity on Linux). Looked up each time: Serve restarts HAProxy when its configuration
     changes."""
-    return [tid for p in processes_by_role()[role] for tid in priority.thread_ids(p.pid)]
+    return [tid for p in processes_by_role(tree)[role] for tid in priority.thread_ids(p.pid)]
 
 
-def snapshot(role: str) -> tuple[Scheduling, dict[int, Scheduling]]:
+def snapshot(tree: cpu.ProcessTree, role: str) -> tuple[Scheduling, dict[int, Scheduling]]:
     """How the role runs now: its first process's main thread, and each of its threads
     (vLLM's worker runs its OpenMP thread on one CPU and the others anywhere, so A is restored
     thread by thread). Looked up afresh: Serve may have just restarted HAProxy."""
     main, found = None, {}
-    for process in processes_by_role()[role]:
+    for process in processes_by_role(tree)[role]:
         for thread in priority.thread_ids(process.pid):
             with contextlib.suppress(ProcessLookupError):
                 found[thread] = scheduling_of(thread)
@@ -165,11 +157,14 @@ def snapshot(role: str) -> tuple[Scheduling, dict[int, Scheduling]]:
 
 
 def schedule(
-    role: str, default: Scheduling, by_thread: dict[int, Scheduling] | None = None
+    tree: cpu.ProcessTree,
+    role: str,
+    default: Scheduling,
+    by_thread: dict[int, Scheduling] | None = None,
 ) -> None:
     """Every thread of the role's processes as `by_thread` says (A: the snapshot), a thread
     it does not name (B; in A one started since, a restarted HAProxy) as `default`."""
-    for thread in threads_of(role):
+    for thread in threads_of(tree, role):
         with contextlib.suppress(ProcessLookupError):
             set_scheduling(thread, (by_thread or {}).get(thread, default))
 
@@ -192,6 +187,7 @@ def main() -> None:
     parser.add_argument("--server", choices=sorted(run.SERVERS), default="ours")
     parser.add_argument("--workload", choices=["overhead", "realistic"], default="overhead")
     parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--placement", choices=run.PLACEMENTS, default="same")
     parser.add_argument(
         "--set",
         nargs="+",
@@ -215,18 +211,18 @@ def main() -> None:
     if not settings and not ns.direct:
         parser.error("nothing to compare: give --set, --pin and/or --direct")
 
-    workload = run.workloads([ns.workload])[0]
+    workload = dataclasses.replace(run.workloads([ns.workload])[0], placement=ns.placement)
     tokenizer = run.tokenizer_for(workload)
     out = run.CACHE / "ab"
     out.mkdir(parents=True, exist_ok=True)
     result = out / "run.json"
     port = run.free_port()
     runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
-    with run.SERVERS[ns.server](workload, port, out / f"{ns.server}.log"):
-        roles = processes_by_role()
+    with run.SERVERS[ns.server](workload, port, out / f"{ns.server}.log") as tree:
+        roles = processes_by_role(tree)
         if missing := [role for role in settings if not roles[role]]:
             raise SystemExit(f"no process found for {missing}")
-        original = {role: snapshot(role) for role in settings}
+        original = {role: snapshot(tree, role) for role in settings}
         ports = {"A": port, "B": replica_port(roles["server"][0]) if ns.direct else port}
         started = {role: main for role, (main, _) in original.items()}
         print(f"[ab] A: as started {describe(started)}, port {ports['A']}; "
@@ -239,9 +235,9 @@ def main() -> None:
                 for side in ("A", "B") if index % 2 == 0 else ("B", "A"):
                     for role, scheduling in settings.items():
                         if side == "B":
-                            schedule(role, scheduling)
+                            schedule(tree, role, scheduling)
                         else:
-                            schedule(role, *original[role])
+                            schedule(tree, role, *original[role])
                     seed += 1
                     client.run(run.client_args(workload, ports[side], tokenizer, result, seed=seed))
                     figures = run.read_result(result)

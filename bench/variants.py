@@ -2,7 +2,7 @@
 environment variables, alternated on one workload; each run's figures, then medians and ratios.
 
     python bench/variants.py realistic --rounds 3 --variant nice0 RAY_worker_niceness=0
-    python bench/variants.py overhead --placement own --variant engine0 LLM_ENGINE_NICENESS=0
+    python bench/variants.py overhead --placement own --variant free ENGINE_CORE_ON_WORKER_CPUS=0
     python bench/variants.py overhead --placement own --past-haproxy
 
 Each variant is this application started as bench/run.py starts it, with the given variables
