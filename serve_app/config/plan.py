@@ -95,7 +95,6 @@ class HostTuning(BaseModel):
     replica_niceness: int = 0  # the LLM replica's process, as vLLM runs its API server
     engine_niceness: int | None = None  # engine core and workers; None: as started
     engine_core_on_worker_cpus: bool = False  # with vLLM's CPU workers' main threads
-    pin_serving_to_reserved_cpus: bool = False  # off the CPUs of vLLM's CPU workers (opt-in)
     coalesce_http_writes: bool = False  # an ingress replica's writes of one tick together
 
 
@@ -110,7 +109,6 @@ def host_tuning(values: EnvValues, platform: Platform) -> HostTuning:
         replica_niceness=values["LLM_REPLICA_NICENESS"],
         engine_niceness=values["LLM_ENGINE_NICENESS"],
         engine_core_on_worker_cpus=either("ENGINE_CORE_ON_WORKER_CPUS", True, False),
-        pin_serving_to_reserved_cpus=values["PIN_SERVING_TO_RESERVED_CPUS"],
         coalesce_http_writes=either("COALESCE_HTTP_WRITES", True, False),
     )
 

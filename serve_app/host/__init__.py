@@ -2,8 +2,8 @@
 
 `tune` is called once by each replica: by an LLM replica once its engine runs, by the router
 ingress as it starts. It sets the scheduling priority of the replica and of its engine's
-processes (priority.py), puts the engine core on its workers' CPUs on vLLM's CPU backend and
-the replica off them if asked (worker_cpus.py), and coalesces an ingress replica's HTTP writes
+processes (priority.py), puts the engine core on its workers' CPUs on vLLM's CPU backend
+(worker_cpus.py), and coalesces an ingress replica's HTTP writes
 (write_coalescing.py). The plan turns these on where they were measured to help, vLLM's CPU
 backend (config.plan.HostTuning), and leaves them off elsewhere unless a setting asks.
 
@@ -12,8 +12,6 @@ path: this package changes how processes run, not what they answer).
 """
 
 from __future__ import annotations
-
-import os
 
 from serve_app.config.plan import HostTuning
 from serve_app.host import priority, worker_cpus, write_coalescing
@@ -39,22 +37,11 @@ def _place_engine(tuning: HostTuning, engine: list[int]) -> list[tuple[bool, str
     results = [priority.set_replica_niceness(tuning.replica_niceness)]
     if tuning.engine_niceness is not None:
         results.append(priority.set_engine_niceness(tuning.engine_niceness, engine))
-    wanted = tuning.engine_core_on_worker_cpus or tuning.pin_serving_to_reserved_cpus
-    split = worker_cpus.plan(engine) if wanted else None
-    if not split:
-        return results
-    core = [pid for pid in engine if pid not in split.workers]
-    if tuning.engine_core_on_worker_cpus:
+    split = worker_cpus.plan(engine) if tuning.engine_core_on_worker_cpus else None
+    if split:
+        core = [pid for pid in engine if pid not in split.workers]
         worker_cpus.pin(core, split.worker_cpus)
         results.append((True, f"vLLM's engine core ({', '.join(map(str, core))}) on CPUs "
                         f"{worker_cpus.describe(split.worker_cpus)} with its workers' main "
                         "threads (ENGINE_CORE_ON_WORKER_CPUS)"))  # fmt: skip
-    if tuning.pin_serving_to_reserved_cpus:
-        held = [os.getpid()] + ([] if tuning.engine_core_on_worker_cpus else core)
-        worker_cpus.pin(held, split.serving)
-        what = "this LLM replica" + (
-            "" if tuning.engine_core_on_worker_cpus else " and its engine core"
-        )
-        results.append((True, f"{what} on CPUs {worker_cpus.describe(split.serving)}, off "
-                        "vLLM's workers' (PIN_SERVING_TO_RESERVED_CPUS)"))  # fmt: skip
     return results

@@ -1,20 +1,14 @@
-"""On vLLM's CPU backend: the engine core on its workers' CPUs (ENGINE_CORE_ON_WORKER_CPUS), and
-the replica on the CPUs vLLM reserves, off its workers' (PIN_SERVING_TO_RESERVED_CPUS).
+"""On vLLM's CPU backend: the engine core on its workers' CPUs (ENGINE_CORE_ON_WORKER_CPUS).
 
 vLLM's CPU backend binds each worker's OpenMP threads to CPUs of their own
 (VLLM_CPU_OMP_THREADS_BIND, `auto` by default), the main thread to the first, and reserves the
 rest (VLLM_CPU_NUM_OF_RESERVED_CPU, at least one core) "for the scheduler process" (vllm/utils/
 ompmultiprocessing.py), which nothing keeps there. The engine core and its workers take turns:
 on CPU, vLLM schedules no step ahead, so one waits while the other works, and each waits by
-spinning (vLLM's shared-memory queue yields the CPU between checks). On the reserved CPUs the
-engine core's spinning takes the CPU the API server (here the LLM replica: HTTP, templates,
-tokenization, streaming) and anything else on the machine needs; on the CPUs of its workers'
-main threads it only ever yields to them (docs/benchmarks, decision 35).
-
-PIN_SERVING_TO_RESERVED_CPUS keeps the replica (and the engine core, unless it goes to its
-workers' CPUs) on the reserved CPUs, every thread; threads started later inherit it. Off unless
-asked: where anything outside the server's session (Linux's autogroup) needs the reserved CPUs,
-what is held there waits for them (decision 33).
+spinning (vLLM's shared-memory queue yields the CPU between checks). Elsewhere the engine core's
+spinning takes the CPU the API server (here the LLM replica: HTTP, templates, tokenization,
+streaming) and anything else on the machine needs; on the CPUs of its workers' main threads it
+only ever yields to them (docs/benchmarks, decision 35).
 
 Nothing changes where the workers are not bound to a part of the CPUs this process may use:
 on GPUs, with VLLM_CPU_OMP_THREADS_BIND=nobind, or where they are bound to all of them.
@@ -34,8 +28,8 @@ WORKER_TITLE = "VLLM::Worker"  # vLLM's workers name their processes so (setproc
 
 
 def serving_cpus(allowed: set[int], worker_cpus: set[int]) -> set[int] | None:
-    """The CPUs for the serving processes: those of `allowed` the workers are not bound to, or
-    None when the workers are not bound to a part of `allowed` (nothing to keep apart)."""
+    """The CPUs the workers leave to the serving processes: those of `allowed` they are not bound
+    to, or None when they are not bound to a part of `allowed` (nothing to keep apart)."""
     if not worker_cpus or not worker_cpus < allowed:
         return None
     return allowed - worker_cpus
@@ -44,7 +38,6 @@ def serving_cpus(allowed: set[int], worker_cpus: set[int]) -> set[int] | None:
 @dataclass(frozen=True)
 class CpuSplit:
     workers: list[int]  # the engine's worker processes, bound by vLLM
-    serving: set[int]  # the CPUs the workers leave (vLLM reserves them)
     worker_cpus: set[int]  # the CPUs of the workers' main threads
 
 
@@ -59,7 +52,7 @@ def plan(engine_pids: list[int]) -> CpuSplit | None:
                 workers.append(pid)
                 bound |= os.sched_getaffinity(pid)
     serving = serving_cpus(os.sched_getaffinity(0), bound)
-    return CpuSplit(workers, serving, bound) if workers and serving else None
+    return CpuSplit(workers, bound) if workers and serving else None
 
 
 def pin(pids: list[int], cpus: set[int]) -> None:

@@ -476,29 +476,29 @@ def test_host_tuning_is_on_with_vllms_cpu_backend_and_off_on_gpus_unless_set():
     cpu = plan_of({}).models[0].serve.host
     assert (cpu.replica_niceness, cpu.engine_niceness) == (0, None)  # as started
     assert cpu.coalesce_http_writes and cpu.engine_core_on_worker_cpus
-    assert not cpu.pin_serving_to_reserved_cpus  # opt-in everywhere
     assert plan_of({}).ingress.host == cpu  # the router ingress: its HTTP writes
     gpu = plan_of({}, platform="gpu").models[0].serve.host
     assert (gpu.replica_niceness, gpu.engine_niceness) == (0, None)  # left as started
-    assert not gpu.pin_serving_to_reserved_cpus and not gpu.coalesce_http_writes
+    assert not gpu.coalesce_http_writes
     assert not gpu.engine_core_on_worker_cpus
     asked = {
         "LLM_REPLICA_NICENESS": "15",
         "LLM_ENGINE_NICENESS": "0",
-        "PIN_SERVING_TO_RESERVED_CPUS": "true",
         "COALESCE_HTTP_WRITES": "1",
         "ENGINE_CORE_ON_WORKER_CPUS": "1",
     }
     for platform in ("cpu", "gpu"):
         host = plan_of(asked, platform=platform).models[0].serve.host
         assert (host.replica_niceness, host.engine_niceness) == (15, 0)
-        assert host.pin_serving_to_reserved_cpus and host.coalesce_http_writes
+        assert host.coalesce_http_writes
         assert host.engine_core_on_worker_cpus
     assert (
         not plan_of({"ENGINE_CORE_ON_WORKER_CPUS": "0"})
         .models[0]
         .serve.host.engine_core_on_worker_cpus
     )
+    removed = plan_of({"PIN_SERVING_TO_RESERVED_CPUS": "1"}).models[0]
+    assert "PIN_SERVING_TO_RESERVED_CPUS ignored: removed; " in " ".join(removed.notes)
     assert problems_of({"LLM_REPLICA_NICENESS": "-21", "LLM_ENGINE_NICENESS": "-30"}) == [
         "LLM_REPLICA_NICENESS='-21': must be at least -20",
         "LLM_ENGINE_NICENESS='-30': must be at least -20",

@@ -332,7 +332,7 @@ def test_the_replica_and_engine_run_at_vllms_priority_the_engine_core_on_its_wor
     core and vLLM's worker, keep that value (LLM_ENGINE_NICENESS is unset). The worker keeps the
     CPU vLLM binds its main thread to, and every thread of the engine core runs there too
     (ENGINE_CORE_ON_WORKER_CPUS, on with vLLM's CPU backend); nothing keeps the replica off
-    that CPU (PIN_SERVING_TO_RESERVED_CPUS is off unless set)."""
+    that CPU."""
     assert os.environ["RAY_worker_niceness"] == "0"  # noqa: SIM112 (Ray's spelling)
     replica = psutil.Process(app.handle().stats.remote().result()["pid"])
     engine = {

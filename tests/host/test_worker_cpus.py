@@ -53,13 +53,13 @@ def worker():
         process.wait(timeout=30)
 
 
-def test_plan_finds_the_workers_and_leaves_the_rest_to_serving(worker):
+def test_plan_finds_the_workers_and_their_cpus(worker):
     other = subprocess.Popen([sys.executable, "-c", WAITER], stdin=subprocess.PIPE)
     try:
         allowed = os.sched_getaffinity(0)
         split = worker_cpus.plan([worker.pid, other.pid])
         if allowed - {0}:
-            assert split == worker_cpus.CpuSplit([worker.pid], allowed - {0}, {0})
+            assert split == worker_cpus.CpuSplit([worker.pid], {0})
         else:  # a 1-CPU machine: nothing left to reserve
             assert split is None
         assert worker_cpus.plan([other.pid]) is None  # no worker among them
@@ -90,7 +90,7 @@ def test_pin_moves_every_thread_of_a_process():
 def test_the_engine_core_goes_to_its_workers_cpus_and_nothing_else_moves(worker):
     """ENGINE_CORE_ON_WORKER_CPUS, its default on vLLM's CPU backend: every thread of the engine
     core (here a process with two threads) on the CPU of the worker's main thread; this process
-    (the replica) keeps its CPUs, as PIN_SERVING_TO_RESERVED_CPUS is off."""
+    (the replica) keeps its CPUs."""
     allowed = os.sched_getaffinity(0)
     core = subprocess.Popen([sys.executable, "-c", TWO_THREADS], stdin=subprocess.PIPE)
     try:
